@@ -1,0 +1,8 @@
+"""cifar_keras: train, tune, evaluate and serve CIFAR-100 classifiers with Keras 3."""
+
+import os
+
+# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) hides the useful output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"

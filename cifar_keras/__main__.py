@@ -1,0 +1,3 @@
+from cifar_keras.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Command line: python -m cifar_keras {fit,evaluate} ... (see --help of each)."""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from cifar_keras.errors import UserError
+
+MODEL_NAMES = ("mlp", "cnn")  # kept in step with models.MODELS by a test; avoids importing keras for --help
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_data_dir(parser):
+    parser.add_argument("--data-dir", help="folder holding cifar-100-python/ or cifar-100-python.tar.gz "
+                        "(default: $CIFAR100_DATA_DIR, else the Keras cache, else download)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m cifar_keras", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train a model, keep the best epoch by validation accuracy, test it once",
+                         description="Train MODEL on the training images minus a stratified validation split; keep "
+                         "the epoch with the best validation accuracy; evaluate it once on the test set; write "
+                         "OUTPUT_DIR/NAME.keras, NAME.json (run record) and NAME.log.csv. Rerun with the same "
+                         "output dir to resume an interrupted run. Unset options take the model's default recipe.")
+    fit.add_argument("model", choices=MODEL_NAMES)
+    fit.add_argument("--epochs", type=positive_int)
+    fit.add_argument("--batch-size", type=positive_int)
+    fit.add_argument("--lr", "--learning-rate", dest="learning_rate", type=non_negative_float, help="peak learning rate")
+    fit.add_argument("--weight-decay", type=non_negative_float)
+    fit.add_argument("--label-smoothing", type=non_negative_float)
+    fit.add_argument("--warmup-epochs", type=non_negative_float)
+    fit.add_argument("--crop-pad", type=int, help="random-crop padding in pixels (0: no crop)")
+    fit.add_argument("--cutout", dest="cutout_size", type=int, help="cutout square size in pixels (0: off)")
+    fit.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no horizontal flips")
+    fit.add_argument("--seed", type=int)
+    fit.add_argument("--train-size", type=positive_int, help="train on a stratified subset of N images")
+    fit.add_argument("--val-size", type=positive_int, help="validation images carved from train (default 5000)")
+    fit.add_argument("--patience", type=int, help="stop after N epochs without validation gain (default: off)")
+    fit.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
+                     help="auto (default): bfloat16 on CPUs with AVX512-BF16/AMX, float16 on GPUs, else float32")
+    fit.add_argument("--output-dir", default="saved_models", help="where the model and records go (default: saved_models)")
+    fit.add_argument("--name", help="file name stem of the outputs (default: the model name)")
+    add_data_dir(fit)
+
+    ev = sub.add_parser("evaluate", help="test-set metrics of a saved .keras model",
+                        description="Top-1, top-5 and superclass accuracy of a saved model, on the test set "
+                        "(default) or on the validation split.")
+    ev.add_argument("model_path")
+    ev.add_argument("--split", choices=("test", "val"), default="test")
+    ev.add_argument("--val-size", type=positive_int, default=5000)
+    ev.add_argument("--seed", type=int, default=0, help="seed of the validation split (as in fit)")
+    ev.add_argument("--output", help="also write the result as a JSON run record here")
+    add_data_dir(ev)
+    return parser
+
+
+def command_line(argv):
+    return "python -m cifar_keras " + shlex.join(argv)
+
+
+def run_fit(args, argv):
+    from cifar_keras import train
+
+    options = {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "weight_decay",
+                                             "label_smoothing", "warmup_epochs", "crop_pad", "cutout_size", "flip",
+                                             "seed", "train_size", "val_size", "patience", "precision")}
+    config = train.make_config(args.model, **options)
+    record = train.fit(config, data_dir=args.data_dir, output_dir=args.output_dir, name=args.name,
+                       command=command_line(argv))
+    test = record["test"]
+    print(f"{record['name']}: test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  "
+          f"superclass {test['superclass']:.2f}%  ({record['train_wall_time_s']:.0f} s training) "
+          f"-> {record['files']['model']}")
+
+
+def load_keras_model(path):
+    import keras
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: model file not found")
+    if path.suffix != ".keras":
+        raise UserError(f"{path}: expected a .keras model file")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # zip, h5 and config errors all land here
+        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def run_evaluate(args, argv):
+    from cifar_keras import data, records
+    from cifar_keras.evaluate import evaluate_model
+
+    model = load_keras_model(args.model_path)
+    dataset = data.load(args.data_dir)
+    split = dataset.test
+    if args.split == "val":
+        split = data.train_val_split(dataset.train, args.val_size, seed=args.seed)[1]
+    result = evaluate_model(model, split, dataset.fine_to_coarse())
+    record = {"kind": "evaluate", "model_path": str(args.model_path), "split": args.split,
+              "command": command_line(argv), args.split: result, **records.environment()}
+    if args.output:
+        records.write(args.output, record)
+    print(json.dumps({args.split: result}, indent=2))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        {"fit": run_fit, "evaluate": run_evaluate}[args.command](args, argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0

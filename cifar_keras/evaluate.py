@@ -1,0 +1,31 @@
+"""Test-set metrics of a trained model: top-1, top-5 and superclass accuracy."""
+
+import numpy as np
+
+
+def predict_probabilities(model, images, batch_size=500):
+    from cifar_keras.pipeline import make_dataset
+
+    from cifar_keras.data import Split
+
+    dummy = np.zeros(len(images), dtype=np.int64)
+    ds = make_dataset(Split(images, dummy, dummy), batch_size).map(lambda x, y: x)
+    return np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+
+
+def metrics(probabilities, fine, coarse, fine_to_coarse):
+    """Accuracies in percent; superclass = coarse label of the predicted fine class."""
+    top5 = np.argsort(-probabilities, axis=1)[:, :5]
+    top1 = top5[:, 0]
+    eps = 1e-12
+    return {
+        "top1": 100.0 * float(np.mean(top1 == fine)),
+        "top5": 100.0 * float(np.mean((top5 == fine[:, None]).any(axis=1))),
+        "superclass": 100.0 * float(np.mean(fine_to_coarse[top1] == coarse)),
+        "loss": float(-np.mean(np.log(probabilities[np.arange(len(fine)), fine] + eps))),
+        "images": int(len(fine)),
+    }
+
+
+def evaluate_model(model, split, fine_to_coarse, batch_size=500):
+    return metrics(predict_probabilities(model, split.images, batch_size), split.fine, split.coarse, fine_to_coarse)

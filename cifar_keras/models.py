@@ -1,0 +1,100 @@
+"""Model builders and the one registry of models with their default training recipes.
+
+Every model takes raw RGB pixels (N, 32, 32, 3), 0-255, and normalises them itself,
+and ends in a float32 softmax over the 100 fine classes.
+"""
+
+from dataclasses import dataclass, field
+
+import keras
+from keras import layers
+
+from cifar_keras.data import MEAN, NUM_CLASSES, STD
+
+
+def normalise(inputs):
+    """Per-channel standardisation with the published training-set statistics."""
+    mean = [255.0 * m for m in MEAN]
+    variance = [(255.0 * s) ** 2 for s in STD]
+    return layers.Normalization(mean=mean, variance=variance, name="normalise")(inputs)
+
+
+def classifier(x, num_classes, logit_scale=1.0):
+    # float32 softmax: stable under mixed precision and what a serving client wants.
+    x = layers.Dense(num_classes, name="logits")(x)
+    if logit_scale != 1.0:
+        # Max-pooled ReLU features are large; scaling the logits down keeps early
+        # high-learning-rate steps stable (airbench uses 1/9).
+        x = layers.Rescaling(logit_scale, name="logit_scale")(x)
+    return layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+
+
+def mlp(hidden=(1536, 768), dropout=0.3, leaky_alpha=0.1, num_classes=NUM_CLASSES):
+    """The seed project's baseline: flattened pixels, two LeakyReLU hidden layers."""
+    inputs = keras.Input((32, 32, 3), name="pixels")
+    x = layers.Flatten()(normalise(inputs))
+    for units in hidden:
+        x = layers.Dense(units, use_bias=False, kernel_initializer="he_normal")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.LeakyReLU(negative_slope=leaky_alpha)(x)
+        x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, classifier(x, num_classes), name="mlp")
+
+
+def conv_bn_relu(x, filters, bn_momentum, name):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def cnn(widths=(96, 256, 512), stem_width=32, residual=True, dropout=0.0, bn_momentum=0.9, logit_scale=0.125,
+        num_classes=NUM_CLASSES):
+    """A fast CNN for CPUs, after airbench's layout (Jordan, 2024) and ResNet-9 (Page, 2018).
+
+    A narrow stem at full resolution (the 32x32 stage dominates CPU time), then per
+    stage: conv -> 2x2 max-pool -> BN-ReLU, and a second conv with an identity
+    shortcut. ReLU, not GELU: GELU is much slower under bfloat16 on CPUs.
+    """
+    inputs = keras.Input((32, 32, 3), name="pixels")
+    x = conv_bn_relu(normalise(inputs), stem_width, bn_momentum, "stem")
+    for i, width in enumerate(widths, start=1):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"stage{i}_conv")(x)
+        x = layers.MaxPooling2D(name=f"stage{i}_pool")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"stage{i}_bn")(x)
+        x = layers.ReLU(name=f"stage{i}_relu")(x)
+        y = conv_bn_relu(x, width, bn_momentum, f"stage{i}_res")
+        x = layers.Add(name=f"stage{i}_add")([x, y]) if residual else y
+    x = layers.GlobalMaxPooling2D(name="pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, classifier(x, num_classes, logit_scale), name="cnn")
+
+
+@dataclass
+class ModelSpec:
+    """A builder and the training recipe `fit` uses for it unless told otherwise."""
+
+    build: callable
+    defaults: dict = field(default_factory=dict)
+
+
+MODELS = {
+    "mlp": ModelSpec(
+        mlp,
+        dict(epochs=40, batch_size=256, optimizer="adamw", learning_rate=2e-3, weight_decay=0.05,
+             label_smoothing=0.1, warmup_epochs=2, crop_pad=2, flip=True, cutout_size=0),
+    ),
+    "cnn": ModelSpec(
+        cnn,
+        dict(epochs=15, batch_size=256, optimizer="sgd", learning_rate=0.2, weight_decay=5e-4,
+             label_smoothing=0.2, warmup_epochs=2, crop_pad=4, flip=True, cutout_size=0),
+    ),
+}
+
+
+def get_spec(name):
+    from cifar_keras.errors import UserError
+
+    if name not in MODELS:
+        raise UserError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
+    return MODELS[name]

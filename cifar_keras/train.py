@@ -1,0 +1,178 @@
+"""`fit`: train a registered model on the training split, select on validation, test once, record."""
+
+import csv
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from cifar_keras import data, models, records
+from cifar_keras.evaluate import evaluate_model
+from cifar_keras.pipeline import make_dataset
+
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def resolve_precision(choice="auto"):
+    """auto: float16 on GPUs, bfloat16 on CPUs with AVX512-BF16/AMX, else float32."""
+    if choice != "auto":
+        return POLICIES[choice]
+    if records.gpus():
+        return "mixed_float16"
+    if records.cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def make_config(model_name, **overrides):
+    """The model's default recipe, with every override that is not None applied."""
+    config = {"model": model_name, "model_args": {}, **models.get_spec(model_name).defaults,
+              "seed": 0, "val_size": 5000, "train_size": None, "precision": "auto", "patience": 0}
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    return config
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds `train_time` (the epoch's training steps) and `epoch_time` (with validation) to the logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.train_time = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self.train_time is None:
+            self.train_time = time.perf_counter() - self.start
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["epoch_time"] = time.perf_counter() - self.start
+        logs["train_time"] = self.train_time or logs["epoch_time"]
+
+
+def make_optimizer(config, steps_per_epoch):
+    """SGD-Nesterov or AdamW under linear warm-up then cosine decay to zero."""
+    warmup = int(config["warmup_epochs"] * steps_per_epoch)
+    total = config["epochs"] * steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(total - warmup, 1), warmup_target=config["learning_rate"], warmup_steps=warmup)
+    if config["optimizer"] == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config["weight_decay"])
+    else:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config["weight_decay"])
+    # Decaying BatchNorm scales and biases only fights the normalisation.
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def compile_model(model, config, steps_per_epoch):
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+    )
+
+
+def pipeline_throughput(dataset, batches=40):
+    """Images/s of the input pipeline alone (no model), over the first `batches` batches."""
+    start, count = time.perf_counter(), 0
+    for images, _ in dataset.take(batches):
+        count += int(images.shape[0])
+    return count / (time.perf_counter() - start)
+
+
+def read_log(path):
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def run_paths(output_dir, name):
+    output_dir = Path(output_dir)
+    work = output_dir / ".work" / name
+    return {"model": output_dir / f"{name}.keras", "record": output_dir / f"{name}.json",
+            "log": output_dir / f"{name}.log.csv", "best": work / "best.weights.h5", "backup": work / "backup"}
+
+
+def fit(config, data_dir=None, output_dir="saved_models", name=None, command=None, extra_callbacks=()):
+    """Train as `config` says; write <name>.keras, <name>.json (run record) and <name>.log.csv."""
+    started = time.perf_counter()
+    name = name or config["model"]
+    paths = run_paths(output_dir, name)
+    resuming = paths["backup"].exists()
+    if not resuming:
+        paths["log"].unlink(missing_ok=True)
+        paths["best"].unlink(missing_ok=True)
+    paths["best"].parent.mkdir(parents=True, exist_ok=True)
+
+    keras.utils.set_random_seed(config["seed"])
+    policy = resolve_precision(config["precision"])
+    keras.mixed_precision.set_global_policy(policy)
+
+    dataset = data.load(data_dir)
+    train, val = data.train_val_split(dataset.train, config["val_size"], config["train_size"], config["seed"])
+    augment = {k: config[k] for k in ("crop_pad", "flip", "cutout_size")}
+    train_ds = make_dataset(train, config["batch_size"], training=True, seed=config["seed"], **augment)
+    val_ds = make_dataset(val, 500)
+    steps_per_epoch = len(train) // config["batch_size"]
+    if steps_per_epoch == 0:
+        from cifar_keras.errors import UserError
+
+        raise UserError(f"--batch-size {config['batch_size']} is larger than the {len(train)} training images")
+    pipeline_ips = pipeline_throughput(train_ds)
+
+    spec = models.get_spec(config["model"])
+    model = spec.build(**config["model_args"])
+    compile_model(model, config, steps_per_epoch)
+
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        paths["best"], monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True)
+    if resuming and paths["log"].exists():
+        # A resumed run must not overwrite the best checkpoint with a worse epoch.
+        checkpoint.best = max((row["val_accuracy"] for row in read_log(paths["log"])), default=-np.inf)
+    callbacks = [EpochTimer(), keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint,
+                 keras.callbacks.BackupAndRestore(paths["backup"]), *extra_callbacks]
+    if config["patience"]:
+        callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=config["patience"]))
+    model.fit(train_ds, validation_data=val_ds, epochs=config["epochs"], callbacks=callbacks,
+              verbose=1 if sys.stdout.isatty() else 2)
+
+    # The saved model is float32 whatever precision trained it: it runs anywhere, and
+    # the test score below is the score of exactly that file.
+    model.load_weights(paths["best"])
+    keras.mixed_precision.set_global_policy("float32")
+    final = spec.build(**config["model_args"])
+    final.set_weights(model.get_weights())
+    test = evaluate_model(final, dataset.test, dataset.fine_to_coarse())
+    final.save(paths["model"])
+    shutil.rmtree(paths["best"].parent, ignore_errors=True)
+
+    log = read_log(paths["log"])
+    best = max(log, key=lambda row: row["val_accuracy"])
+    train_time = sum(row["train_time"] for row in log)
+    record = {
+        "kind": "fit",
+        "model": config["model"],
+        "name": name,
+        "command": command,
+        "params": int(final.count_params()),
+        "epochs": len(log),
+        "best_epoch": int(best["epoch"]) + 1,
+        "train_images": len(train),
+        "val_images": len(val),
+        "precision": policy,
+        "train_wall_time_s": round(sum(row["epoch_time"] for row in log), 1),
+        "process_wall_time_s": round(time.perf_counter() - started, 1),
+        "resumed": resuming,
+        "throughput": {
+            "train_images_per_s": round(len(train) // config["batch_size"] * config["batch_size"] * len(log) / train_time, 1),
+            "pipeline_images_per_s": round(pipeline_ips, 1),
+        },
+        "val": {"top1": round(100 * best["val_accuracy"], 2), "top5": round(100 * best["val_top5"], 2)},
+        "test": {k: round(v, 4) if isinstance(v, float) else v for k, v in test.items()},
+        "config": config,
+        **records.environment(),
+        "files": {k: str(paths[k]) for k in ("model", "log")},
+    }
+    records.write(paths["record"], record)
+    return record

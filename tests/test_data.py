@@ -1,0 +1,152 @@
+import hashlib
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from cifar_keras import data
+from cifar_keras.errors import UserError
+from conftest import COARSE, FINE, REAL_DATA, make_split, write_archive, write_dataset
+
+
+def test_loads_official_layout(data_root):
+    d = data.load(data_root)
+    assert d.train.images.shape == (600, 32, 32, 3) and d.train.images.dtype == np.uint8
+    assert d.test.images.shape == (200, 32, 32, 3)
+    assert d.fine_names == FINE and d.coarse_names == COARSE
+    assert set(d.train.fine) == set(range(100)) and d.train.coarse.max() == 19
+    assert (d.fine_to_coarse() == np.arange(100) // 5).all()
+
+
+def test_rows_become_channels_last_images(tmp_path):
+    folder = write_dataset(tmp_path)
+    content = make_split(6, 1)
+    rows = content["data"]
+    d = data.load_split(folder / "train")
+    # Official rows: 1024 red, then 1024 green, then 1024 blue values, row-major.
+    assert d.images[7, 3, 5, 0] == rows[7, 3 * 32 + 5]
+    assert d.images[7, 3, 5, 1] == rows[7, 1024 + 3 * 32 + 5]
+    assert d.images[7, 3, 5, 2] == rows[7, 2048 + 3 * 32 + 5]
+
+
+def test_tar_gz_in_data_dir_is_extracted(tmp_path):
+    archive = write_archive(tmp_path)
+    (tmp_path / "src").rename(tmp_path / "elsewhere")
+    d = data.load(archive.parent)
+    assert len(d.train) == 600
+
+
+def test_env_var_names_the_data_dir(data_root, monkeypatch):
+    monkeypatch.setenv("CIFAR100_DATA_DIR", str(data_root))
+    assert data.locate() == data_root / "cifar-100-python"
+
+
+def test_download_with_good_checksum(tmp_path, monkeypatch):
+    archive = write_archive(tmp_path / "origin")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    folder = data.download(cache, origin=archive.as_uri(), md5=md5)
+    assert (folder / "train").is_file()
+    # Next time, the Keras cache is found without downloading.
+    monkeypatch.setenv("KERAS_HOME", str(cache))
+    assert data.locate(origin="file:///nonexistent") == folder
+
+
+def test_download_with_bad_checksum_is_refused_and_removed(tmp_path):
+    archive = write_archive(tmp_path / "origin")
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError, match="md5 .* does not match"):
+        data.download(cache, origin=archive.as_uri(), md5="0" * 32)
+    assert not list(cache.rglob("*.tar.gz"))
+
+
+def test_download_failure_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="cannot download"):
+        data.download(tmp_path, origin=(tmp_path / "missing.tar.gz").as_uri())
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "train"
+    path.write_bytes(pickle.dumps({"data": Exploit()}, protocol=2))
+    with pytest.raises(UserError, match="refused to load global (posix|os|nt).system"):
+        data.load_split(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    folder = write_dataset(tmp_path)
+    raw = (folder / "train").read_bytes()
+    (folder / "train").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(UserError, match=r"train: .*truncated"):
+        data.load(tmp_path)
+
+
+def test_garbage_file_is_refused(tmp_path):
+    folder = write_dataset(tmp_path)
+    (folder / "meta").write_bytes(b"this is not a pickle at all")
+    with pytest.raises(UserError, match="meta"):
+        data.load(tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(data=c["data"][:, :100]), "shape"),
+    (lambda c: c.update(data=c["data"].astype(np.float32)), "uint8"),
+    (lambda c: c.update(fine_labels=[100] * len(c["fine_labels"])), "out of range"),
+    (lambda c: c.update(coarse_labels=c["coarse_labels"][:-1]), "coarse_labels"),
+    (lambda c: c.pop("fine_labels"), "missing key 'fine_labels'"),
+])
+def test_malformed_arrays_are_refused(tmp_path, change, message):
+    content = make_split(2, 0)
+    change(content)
+    path = tmp_path / "test"
+    path.write_bytes(pickle.dumps(content, protocol=2))
+    with pytest.raises(UserError, match=message):
+        data.load_split(path)
+
+
+def test_wrong_image_count_is_refused(data_root):
+    with pytest.raises(UserError, match="expected 50000 images, found 600"):
+        data.load_split(data_root / "cifar-100-python" / "train", expected_size=50000)
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(UserError, match="holds neither"):
+        data.locate(tmp_path)
+
+
+def test_validation_split_is_stratified_disjoint_and_reproducible(data_root):
+    train = data.load(data_root).train
+    rest, val = data.train_val_split(train, val_size=200, seed=3)
+    assert len(val) == 200 and len(rest) == 400
+    assert (np.bincount(val.fine, minlength=100) == 2).all()
+    rest_again, val_again = data.train_val_split(train, val_size=200, seed=3)
+    assert (val.images == val_again.images).all()
+    _, val_other = data.train_val_split(train, val_size=200, seed=4)
+    assert not (val.images == val_other.images).all()
+    # Disjoint: no training image is in the validation split.
+    rest_rows = {img.tobytes() for img in rest.images}
+    assert not any(img.tobytes() in rest_rows for img in val.images)
+
+
+def test_train_subset_is_stratified(data_root):
+    train = data.load(data_root).train
+    rest, val = data.train_val_split(train, val_size=100, train_size=300, seed=0)
+    assert (np.bincount(rest.fine, minlength=100) == 3).all()
+    with pytest.raises(UserError, match="--train-size"):
+        data.train_val_split(train, val_size=100, train_size=150)
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="real CIFAR-100 not beside the repo")
+def test_real_data():
+    d = data.load(REAL_DATA)
+    assert len(d.train) == 50_000 and len(d.test) == 10_000
+    assert (np.bincount(d.train.fine) == 500).all() and (np.bincount(d.test.fine) == 100).all()
+    means = d.train.images.reshape(-1, 3).mean(axis=0) / 255
+    assert np.allclose(means, data.MEAN, atol=1e-3)
