@@ -203,14 +203,14 @@ def load(data_dir=None):
     return Cifar100(train, test, fine_names, coarse_names)
 
 
-def stratified_split(labels, per_class, seed=0):
+def stratified_split(labels, per_class, seed=0, option="--val-size"):
     """Indices (rest, held_out) with `per_class` examples of every class held out."""
     rng = np.random.default_rng(seed)
     held_out = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         if len(members) <= per_class:
-            raise UserError(f"class {c} has {len(members)} examples, cannot hold out {per_class}")
+            raise UserError(f"{option} needs more than {per_class} images per class; class {c} has {len(members)}")
         held_out.append(rng.choice(members, per_class, replace=False))
     held_out = np.sort(np.concatenate(held_out))
     rest = np.setdiff1d(np.arange(len(labels)), held_out)
@@ -226,6 +226,6 @@ def train_val_split(train, val_size=5000, train_size=None, seed=0):
     if train_size is not None and train_size < len(rest):
         if train_size % classes or train_size <= 0:
             raise UserError(f"--train-size {train_size} must be a positive multiple of the {classes} classes")
-        _, keep = stratified_split(train.fine[rest], train_size // classes, seed + 1)
+        _, keep = stratified_split(train.fine[rest], train_size // classes, seed + 1, "--train-size")
         rest = rest[keep]
     return train.take(rest), train.take(val)

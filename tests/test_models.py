@@ -1,0 +1,40 @@
+import keras
+import numpy as np
+import pytest
+
+from cifar_keras import cli, data, models
+
+
+def test_registry_matches_the_command_line():
+    assert set(models.MODELS) == set(cli.MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_model_takes_raw_pixels_and_returns_probabilities(name):
+    model = models.MODELS[name].build()
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    probs = model.predict(pixels.astype(np.float32), verbose=0)
+    assert probs.shape == (3, 100) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert np.allclose(model.predict(pixels, verbose=0), probs, atol=1e-6)  # uint8 in, same answer
+
+
+def test_normalisation_uses_the_dataset_statistics():
+    model = models.cnn()
+    layer = model.get_layer("normalise")
+    mean_image = np.broadcast_to(255 * np.array(data.MEAN, np.float32), (1, 32, 32, 3))
+    assert np.allclose(layer(mean_image), 0, atol=1e-4)
+    one_std_up = mean_image + 255 * np.array(data.STD, np.float32)
+    assert np.allclose(layer(one_std_up), 1, atol=1e-4)
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(cli.UserError, match="unknown model 'vgg'"):
+        models.get_spec("vgg")
+
+
+def test_mlp_is_the_seed_baseline_shape():
+    model = models.mlp(hidden=(64, 32))
+    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    assert [l.units for l in dense] == [64, 32, 100]
+    assert sum(isinstance(l, keras.layers.LeakyReLU) for l in model.layers) == 2
