@@ -1,4 +1,4 @@
-"""Command line: python -m cifar_keras {fit,evaluate} ... (see --help of each)."""
+"""Command line: python -m cifar_keras {fit,evaluate,report} ... (see --help of each)."""
 
 import argparse
 import json
@@ -68,6 +68,12 @@ def build_parser():
     ev.add_argument("--seed", type=int, default=0, help="seed of the validation split (as in fit)")
     ev.add_argument("--output", help="also write the result as a JSON run record here")
     add_data_dir(ev)
+
+    rep = sub.add_parser("report", help="regenerate README's results table from the run records",
+                         description="Rewrite the results table between README's markers from the fit run records "
+                         "(*.json) in --records; the rest of README is left as it is.")
+    rep.add_argument("--readme", default="README.md")
+    rep.add_argument("--records", default="saved_models", help="folder of run records (default: saved_models)")
     return parser
 
 
@@ -121,11 +127,18 @@ def run_evaluate(args, argv):
     print(json.dumps({args.split: result}, indent=2))
 
 
+def run_report(args, argv):
+    from cifar_keras import report
+
+    changed = report.update_readme(args.readme, args.records)
+    print(f"{args.readme}: results table {'updated' if changed else 'already up to date'}")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        {"fit": run_fit, "evaluate": run_evaluate}[args.command](args, argv)
+        {"fit": run_fit, "evaluate": run_evaluate, "report": run_report}[args.command](args, argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
