@@ -1,4 +1,4 @@
-"""Command line: python -m cifar_keras {fit,evaluate,report} ... (see --help of each)."""
+"""Command line: python -m cifar_keras {fit,evaluate,export,predict,report} ... (see --help of each)."""
 
 import argparse
 import json
@@ -69,6 +69,24 @@ def build_parser():
     ev.add_argument("--output", help="also write the result as a JSON run record here")
     add_data_dir(ev)
 
+    exp = sub.add_parser("export", help="write a .keras model as a SavedModel for TF Serving",
+                         description="Write MODEL_PATH as a SavedModel in TF Serving's layout ROOT/NAME/VERSION/. "
+                         "Signature serving_default: input 'pixels' float32 (None, 32, 32, 3) raw RGB 0-255; outputs "
+                         "'probabilities' (None, 100), 'top5_classes' (None, 5) and 'top5_probabilities' (None, 5). "
+                         "Class names go to VERSION/assets.extra/labels.txt.")
+    exp.add_argument("model_path")
+    exp.add_argument("--name", help="model name in TF Serving (default: the file's stem, e.g. cnn)")
+    exp.add_argument("--version", type=positive_int, help="version number (default: one more than the highest present)")
+    exp.add_argument("--root", default="saved_models", help="folder holding NAME/VERSION/ (default: saved_models)")
+
+    pred = sub.add_parser("predict", help="top-5 classes of image files",
+                          description="Print the top-5 CIFAR-100 classes of each image (PNG, JPEG, BMP, ... any "
+                          "size; resized to 32x32, converted to RGB). MODEL is a .keras file or a SavedModel folder. "
+                          "Unreadable images are reported one line each; the others are still predicted.")
+    pred.add_argument("model")
+    pred.add_argument("images", nargs="+")
+    pred.add_argument("--json", action="store_true", help="machine-readable output")
+
     rep = sub.add_parser("report", help="regenerate README's results table from the run records",
                          description="Rewrite the results table between README's markers from the fit run records "
                          "(*.json) in --records; the rest of README is left as it is.")
@@ -127,6 +145,30 @@ def run_evaluate(args, argv):
     print(json.dumps({args.split: result}, indent=2))
 
 
+def run_export(args, argv):
+    from cifar_keras.export import export_model
+
+    model = load_keras_model(args.model_path)
+    target = export_model(model, args.root, args.name or Path(args.model_path).stem, args.version)
+    print(f"exported {args.model_path} -> {target}")
+
+
+def run_predict(args, argv):
+    from cifar_keras.predict import predict_files
+
+    results, errors = predict_files(args.model, args.images)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            print(result["image"])
+            for rank, entry in enumerate(result["top"], start=1):
+                print(f"  {rank}. {entry['class']:<15} {100 * entry['probability']:6.2f} %")
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def run_report(args, argv):
     from cifar_keras import report
 
@@ -138,11 +180,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        {"fit": run_fit, "evaluate": run_evaluate, "report": run_report}[args.command](args, argv)
+        handler = {"fit": run_fit, "evaluate": run_evaluate, "export": run_export, "predict": run_predict,
+                   "report": run_report}[args.command]
+        return handler(args, argv) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
-    return 0
