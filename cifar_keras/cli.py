@@ -1,4 +1,4 @@
-"""Command line: python -m cifar_keras {fit,evaluate,export,predict,report} ... (see --help of each)."""
+"""Command line: python -m cifar_keras {fit,evaluate,tune,export,predict,report} ... (see --help of each)."""
 
 import argparse
 import json
@@ -55,6 +55,8 @@ def build_parser():
     fit.add_argument("--patience", type=int, help="stop after N epochs without validation gain (default: off)")
     fit.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
                      help="auto (default): bfloat16 on CPUs with AVX512-BF16/AMX, float16 on GPUs, else float32")
+    fit.add_argument("--hparams", help="tuned hyperparameters (default: tuning/MODEL/best_hparams.json if it "
+                     "exists; 'none' for the built-in recipe); flags still override them")
     fit.add_argument("--output-dir", default="saved_models", help="where the model and records go (default: saved_models)")
     fit.add_argument("--name", help="file name stem of the outputs (default: the model name)")
     add_data_dir(fit)
@@ -87,6 +89,24 @@ def build_parser():
     pred.add_argument("images", nargs="+")
     pred.add_argument("--json", action="store_true", help="machine-readable output")
 
+    tune = sub.add_parser("tune", help="KerasTuner search; the best trial goes to tuning/MODEL/best_hparams.json",
+                          description="Search MODEL's hyperparameter space (see models.py) with KerasTuner, scored "
+                          "by validation accuracy on the split carved from the training set (never the test set). "
+                          "Writes tuning/MODEL/trials.json, best_hparams.json (which `fit MODEL` then uses) and "
+                          "search.json. Rerun the same command to continue an interrupted search.")
+    tune.add_argument("model", choices=MODEL_NAMES)
+    tune.add_argument("--tuner", choices=("random", "hyperband", "bayesian"), default="hyperband")
+    tune.add_argument("--max-trials", type=positive_int, default=10, help="trials for random/bayesian (default 10)")
+    tune.add_argument("--epochs", type=positive_int, default=3, help="epochs per trial for random/bayesian (default 3)")
+    tune.add_argument("--max-epochs", type=positive_int, default=9, help="largest epoch budget of a hyperband trial (default 9)")
+    tune.add_argument("--train-size", type=positive_int, default=10_000,
+                      help="search on a stratified subset of N training images (default 10000)")
+    tune.add_argument("--val-size", type=positive_int, default=5000)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    tune.add_argument("--tuning-dir", default="tuning", help="folder of the search results (default: tuning)")
+    add_data_dir(tune)
+
     rep = sub.add_parser("report", help="regenerate README's results table from the run records",
                          description="Rewrite the results table between README's markers from the fit run records "
                          "(*.json) in --records; the rest of README is left as it is.")
@@ -105,7 +125,14 @@ def run_fit(args, argv):
     options = {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "weight_decay",
                                              "label_smoothing", "warmup_epochs", "crop_pad", "cutout_size", "flip",
                                              "seed", "train_size", "val_size", "patience", "precision")}
-    config = train.make_config(args.model, **options)
+    hparams_file = args.hparams
+    if hparams_file is None and Path(f"tuning/{args.model}/best_hparams.json").is_file():
+        hparams_file = f"tuning/{args.model}/best_hparams.json"
+    if hparams_file == "none":
+        hparams_file = None
+    hparams = train.read_hparams(hparams_file, args.model) if hparams_file else None
+    config = train.make_config(args.model, hparams=hparams, **options)
+    config["hparams_file"] = hparams_file
     record = train.fit(config, data_dir=args.data_dir, output_dir=args.output_dir, name=args.name,
                        command=command_line(argv))
     test = record["test"]
@@ -145,6 +172,15 @@ def run_evaluate(args, argv):
     print(json.dumps({args.split: result}, indent=2))
 
 
+def run_tune(args, argv):
+    from cifar_keras.tune import tune
+
+    best, trials = tune(args.model, args.tuner, args.max_trials, args.epochs, args.max_epochs, args.train_size,
+                        args.val_size, args.seed, args.precision, args.data_dir, args.tuning_dir, command_line(argv))
+    print(f"{len(trials)} trials; best validation accuracy {100 * best['val_accuracy']:.2f}% -> "
+          f"{Path(args.tuning_dir) / args.model / 'best_hparams.json'}")
+
+
 def run_export(args, argv):
     from cifar_keras.export import export_model
 
@@ -181,7 +217,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         handler = {"fit": run_fit, "evaluate": run_evaluate, "export": run_export, "predict": run_predict,
-                   "report": run_report}[args.command]
+                   "tune": run_tune, "report": run_report}[args.command]
         return handler(args, argv) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

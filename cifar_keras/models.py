@@ -47,13 +47,14 @@ def conv_bn_relu(x, filters, bn_momentum, name):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def cnn(widths=(96, 256, 512), stem_width=32, residual=True, dropout=0.0, bn_momentum=0.9, logit_scale=0.125,
+def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=0.9, logit_scale=0.125,
         num_classes=NUM_CLASSES):
     """A fast CNN for CPUs, after airbench's layout (Jordan, 2024) and ResNet-9 (Page, 2018).
 
     A narrow stem at full resolution (the 32x32 stage dominates CPU time), then per
     stage: conv -> 2x2 max-pool -> BN-ReLU, and a second conv with an identity
-    shortcut. ReLU, not GELU: GELU is much slower under bfloat16 on CPUs.
+    shortcut (`depth` such convs per stage; 0: none). ReLU, not GELU: GELU is much
+    slower under bfloat16 on CPUs.
     """
     inputs = keras.Input((32, 32, 3), name="pixels")
     x = conv_bn_relu(normalise(inputs), stem_width, bn_momentum, "stem")
@@ -62,20 +63,54 @@ def cnn(widths=(96, 256, 512), stem_width=32, residual=True, dropout=0.0, bn_mom
         x = layers.MaxPooling2D(name=f"stage{i}_pool")(x)
         x = layers.BatchNormalization(momentum=bn_momentum, name=f"stage{i}_bn")(x)
         x = layers.ReLU(name=f"stage{i}_relu")(x)
-        y = conv_bn_relu(x, width, bn_momentum, f"stage{i}_res")
-        x = layers.Add(name=f"stage{i}_add")([x, y]) if residual else y
+        if depth:
+            y = x
+            for j in range(depth):
+                y = conv_bn_relu(y, width, bn_momentum, f"stage{i}_res{j + 1}" if depth > 1 else f"stage{i}_res")
+            x = layers.Add(name=f"stage{i}_add")([x, y])
     x = layers.GlobalMaxPooling2D(name="pool")(x)
     if dropout:
         x = layers.Dropout(dropout)(x)
     return keras.Model(inputs, classifier(x, num_classes, logit_scale), name="cnn")
 
 
+def mlp_space(hp):
+    """KerasTuner search space of the MLP, as overrides of its default recipe."""
+    return {
+        "model_args": {"hidden": [hp.Choice("hidden1", [512, 1024, 1536, 2048]),
+                                  hp.Choice("hidden2", [256, 512, 768, 1024])],
+                       "dropout": hp.Float("dropout", 0.0, 0.5, step=0.1)},
+        "learning_rate": hp.Float("learning_rate", 3e-4, 5e-3, sampling="log"),
+        "weight_decay": hp.Float("weight_decay", 1e-3, 0.2, sampling="log"),
+        "label_smoothing": hp.Float("label_smoothing", 0.0, 0.3, step=0.1),
+        "batch_size": hp.Choice("batch_size", [128, 256, 512]),
+    }
+
+
+CNN_WIDTHS = {"narrow": [64, 192, 384], "base": [96, 256, 512], "wide": [96, 384, 768]}
+
+
+def cnn_space(hp):
+    """KerasTuner search space of the CNN: width, depth, optimisation and augmentation strength."""
+    return {
+        "model_args": {"widths": CNN_WIDTHS[hp.Choice("width", list(CNN_WIDTHS), default="base")],
+                       "depth": hp.Int("depth", 1, 2, default=1)},
+        "learning_rate": hp.Float("learning_rate", 0.05, 0.4, sampling="log", default=0.2),
+        "weight_decay": hp.Float("weight_decay", 1e-4, 2e-3, sampling="log", default=5e-4),
+        "label_smoothing": hp.Float("label_smoothing", 0.0, 0.3, step=0.1, default=0.2),
+        "batch_size": hp.Choice("batch_size", [128, 256, 512], default=256),
+        "crop_pad": hp.Choice("crop_pad", [2, 4], default=4),
+        "cutout_size": hp.Choice("cutout_size", [0, 8, 12], default=0),
+    }
+
+
 @dataclass
 class ModelSpec:
-    """A builder and the training recipe `fit` uses for it unless told otherwise."""
+    """A builder, the training recipe `fit` uses for it unless told otherwise, and its search space."""
 
     build: callable
     defaults: dict = field(default_factory=dict)
+    space: callable = None
 
 
 MODELS = {
@@ -83,11 +118,13 @@ MODELS = {
         mlp,
         dict(epochs=40, batch_size=256, optimizer="adamw", learning_rate=2e-3, weight_decay=0.05,
              label_smoothing=0.1, warmup_epochs=2, crop_pad=2, flip=True, cutout_size=0),
+        mlp_space,
     ),
     "cnn": ModelSpec(
         cnn,
         dict(epochs=15, batch_size=256, optimizer="sgd", learning_rate=0.2, weight_decay=5e-4,
              label_smoothing=0.2, warmup_epochs=2, crop_pad=4, flip=True, cutout_size=0),
+        cnn_space,
     ),
 }
 

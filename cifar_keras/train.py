@@ -27,12 +27,40 @@ def resolve_precision(choice="auto"):
     return "float32"
 
 
-def make_config(model_name, **overrides):
-    """The model's default recipe, with every override that is not None applied."""
+def make_config(model_name, hparams=None, **overrides):
+    """The model's default recipe, then tuned `hparams`, then every override that is not None."""
     config = {"model": model_name, "model_args": {}, **models.get_spec(model_name).defaults,
               "seed": 0, "val_size": 5000, "train_size": None, "precision": "auto", "patience": 0}
+    for key, value in (hparams or {}).items():
+        config[key] = {**config["model_args"], **value} if key == "model_args" else value
     config.update({k: v for k, v in overrides.items() if v is not None})
     return config
+
+
+def read_hparams(path, model_name):
+    """The `hparams` of a best_hparams.json written by `tune`, checked against the model's recipe."""
+    import inspect
+
+    from cifar_keras.errors import UserError
+
+    content = records.read(path)
+    hparams = content.get("hparams") if isinstance(content, dict) else None
+    if not isinstance(hparams, dict):
+        raise UserError(f"{path}: no 'hparams' object")
+    if content.get("model", model_name) != model_name:
+        raise UserError(f"{path}: hyperparameters are for '{content['model']}', not '{model_name}'")
+    spec = models.get_spec(model_name)
+    unknown = set(hparams) - set(spec.defaults) - {"model_args"}
+    builder_args = set(inspect.signature(spec.build).parameters)
+    unknown |= {f"model_args.{k}" for k in hparams.get("model_args", {}) if k not in builder_args}
+    if unknown:
+        raise UserError(f"{path}: unknown hyperparameters for {model_name}: {', '.join(sorted(unknown))}")
+    for key, value in hparams.items():
+        default = spec.defaults.get(key)
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            raise UserError(f"{path}: '{key}' must be a non-negative number, got {value!r}")
+    return hparams
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -155,6 +183,7 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
         "model": config["model"],
         "name": name,
         "command": command,
+        "hparams_file": config.get("hparams_file"),
         "params": int(final.count_params()),
         "epochs": len(log),
         "best_epoch": int(best["epoch"]) + 1,

@@ -150,3 +150,12 @@ def test_real_data():
     assert (np.bincount(d.train.fine) == 500).all() and (np.bincount(d.test.fine) == 100).all()
     means = d.train.images.reshape(-1, 3).mean(axis=0) / 255
     assert np.allclose(means, data.MEAN, atol=1e-3)
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="real CIFAR-100 not beside the repo")
+def test_shipped_class_names_match_the_real_meta():
+    from cifar_keras import classes
+
+    d = data.load(REAL_DATA)
+    assert list(classes.FINE_NAMES) == d.fine_names and list(classes.COARSE_NAMES) == d.coarse_names
+    assert (np.array(classes.FINE_TO_COARSE) == d.fine_to_coarse()).all()

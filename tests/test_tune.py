@@ -1,0 +1,79 @@
+"""Tiny KerasTuner searches on synthetic data, and fit reusing their result."""
+
+import json
+
+import pytest
+
+from cifar_keras import cli, train, tune
+from cifar_keras.errors import UserError
+
+TINY = ["--train-size", "300", "--val-size", "100", "--precision", "float32"]
+
+
+def search(data_root, folder, kind, *extra):
+    argv = ["tune", "mlp", "--tuner", kind, "--max-trials", "2", "--epochs", "1", "--max-epochs", "2",
+            *TINY, "--data-dir", str(data_root), "--tuning-dir", str(folder), *extra]
+    assert cli.main(argv) == 0
+    return (json.loads((folder / "mlp" / name).read_text()) for name in ("best_hparams.json", "trials.json"))
+
+
+@pytest.mark.parametrize("kind", ["random", "bayesian", "hyperband"])
+def test_search_writes_summary_and_best_hparams(kind, data_root, tmp_path):
+    best, trials = search(data_root, tmp_path, kind)
+    done = [t for t in trials if t["status"] == "COMPLETED"]
+    assert len(done) >= 2 if kind != "hyperband" else len(done) >= 1
+    assert best["val_accuracy"] == max(t["val_accuracy"] for t in done)
+    best_trial = next(t for t in trials if t["trial_id"] == best["trial_id"])
+    assert best["hparams"]["learning_rate"] == best_trial["hyperparameters"]["learning_rate"]
+    assert best["hparams"]["model_args"]["hidden"] == [best_trial["hyperparameters"]["hidden1"],
+                                                       best_trial["hyperparameters"]["hidden2"]]
+    record = json.loads((tmp_path / "mlp" / "search.json").read_text())
+    assert record["kind"] == "tune" and record["tuner"] == kind and record["train_images"] == 300
+
+
+def test_rerun_continues_without_redoing_trials(data_root, tmp_path, monkeypatch):
+    _, first = search(data_root, tmp_path, "random")
+    builds = []
+    original = tune.CifarHyperModel.build
+    monkeypatch.setattr(tune.CifarHyperModel, "build", lambda self, hp: builds.append(1) or original(self, hp))
+    _, again = search(data_root, tmp_path, "random")
+    assert builds == [] and again == first
+    _, more = search(data_root, tmp_path, "random", "--max-trials", "3")
+    assert len(builds) == 1 and len(more) == 3 and more[:2] == first
+
+
+def test_fit_uses_best_hparams_and_flags_override(data_root, tmp_path, monkeypatch):
+    hparams = {"model": "mlp", "hparams": {"model_args": {"hidden": [40, 24]}, "learning_rate": 0.004,
+                                           "batch_size": 60}}
+    folder = tmp_path / "tuning" / "mlp"
+    folder.mkdir(parents=True)
+    (folder / "best_hparams.json").write_text(json.dumps(hparams))
+    monkeypatch.chdir(tmp_path)
+    argv = ["fit", "mlp", "--epochs", "1", "--val-size", "100", "--batch-size", "50", "--precision", "float32",
+            "--data-dir", str(data_root), "--output-dir", "out"]
+    assert cli.main(argv) == 0
+    record = json.loads((tmp_path / "out" / "mlp.json").read_text())
+    assert record["hparams_file"] == "tuning/mlp/best_hparams.json"
+    assert record["config"]["model_args"]["hidden"] == [40, 24] and record["config"]["learning_rate"] == 0.004
+    assert record["config"]["batch_size"] == 50  # the flag wins
+    # Bias-free hidden layers, each with BatchNorm (gamma, beta, moving mean and variance).
+    assert record["params"] == 3072 * 40 + 40 * 24 + (24 * 100 + 100) + 4 * (40 + 24)
+    assert cli.main([*argv, "--hparams", "none"]) == 0
+    record = json.loads((tmp_path / "out" / "mlp.json").read_text())
+    assert record["hparams_file"] is None and record["config"]["model_args"] == {}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{broken", "not valid JSON"),
+    (json.dumps({"model": "mlp"}), "no 'hparams' object"),
+    (json.dumps({"model": "cnn", "hparams": {}}), "are for 'cnn', not 'mlp'"),
+    (json.dumps({"hparams": {"learning_rat": 0.1}}), "unknown hyperparameters for mlp: learning_rat"),
+    (json.dumps({"hparams": {"model_args": {"depth": 3}}}), "model_args.depth"),
+    (json.dumps({"hparams": {"learning_rate": "fast"}}), "'learning_rate' must be a non-negative number"),
+])
+def test_invalid_hparams_file_is_a_clear_error(content, message, tmp_path):
+    path = tmp_path / "best_hparams.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message) as error:
+        train.read_hparams(path, "mlp")
+    assert str(path) in str(error.value)
