@@ -69,6 +69,7 @@ def build_parser():
     ev.add_argument("--val-size", type=positive_int, default=5000)
     ev.add_argument("--seed", type=int, default=0, help="seed of the validation split (as in fit)")
     ev.add_argument("--output", help="also write the result as a JSON run record here")
+    ev.add_argument("--report-dir", help="also write superclass-confusion, per-class-accuracy and example figures here")
     add_data_dir(ev)
 
     exp = sub.add_parser("export", help="write a .keras model as a SavedModel for TF Serving",
@@ -112,6 +113,10 @@ def build_parser():
                          "(*.json) in --records; the rest of README is left as it is.")
     rep.add_argument("--readme", default="README.md")
     rep.add_argument("--records", default="saved_models", help="folder of run records (default: saved_models)")
+    rep.add_argument("--figures", default="docs/figures", help="where the PNG figures go (default: docs/figures)")
+    rep.add_argument("--no-figures", action="store_true", help="only the table (no data set or model needed)")
+    rep.add_argument("--model", default="cnn", help="run whose model gets the test-set analysis (default: cnn)")
+    add_data_dir(rep)
     return parser
 
 
@@ -169,6 +174,11 @@ def run_evaluate(args, argv):
               "command": command_line(argv), args.split: result, **records.environment()}
     if args.output:
         records.write(args.output, record)
+    if args.report_dir:
+        from cifar_keras.report import model_figures
+
+        facts = model_figures(model, dataset, args.report_dir, split)
+        print(f"figures: {', '.join(str(p) for p in facts['figures'].values())}", file=sys.stderr)
     print(json.dumps({args.split: result}, indent=2))
 
 
@@ -208,7 +218,10 @@ def run_predict(args, argv):
 def run_report(args, argv):
     from cifar_keras import report
 
-    changed = report.update_readme(args.readme, args.records)
+    analysis = None
+    if not args.no_figures:
+        analysis = report.write_analysis(args.records, args.figures, Path(args.readme).parent, args.data_dir, args.model)
+    changed = report.update_readme(args.readme, args.records, analysis)
     print(f"{args.readme}: results table {'updated' if changed else 'already up to date'}")
 
 

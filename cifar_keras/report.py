@@ -50,15 +50,86 @@ def results_table(rows):
     return "\n".join(lines)
 
 
-def update_readme(readme, records_dir):
-    """Replace the text between the markers; return True if README changed."""
+def model_figures(model, dataset, out_dir, split=None):
+    """Confusion, per-class and example figures of `model` on `split` (default: the test set)."""
+    import numpy as np
+
+    from cifar_keras import plots
+    from cifar_keras.evaluate import predict_probabilities
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test = dataset.test if split is None else split
+    predicted = predict_probabilities(model, test.images).argmax(axis=1)
+    names = {key: out_dir / f"{key}.png" for key in ("superclass_confusion", "per_class_accuracy", "examples")}
+    matrix = plots.superclass_confusion(predicted, test.coarse, dataset.fine_to_coarse(), dataset.coarse_names,
+                                        names["superclass_confusion"])
+    ranking = plots.per_class_accuracy(predicted, test.fine, dataset.fine_names, names["per_class_accuracy"])
+    plots.prediction_grid(test.images, predicted, test.fine, dataset.fine_names, names["examples"])
+    off_diagonal = matrix - np.diag(np.diag(matrix))
+    worst_superclass = np.dstack(np.unravel_index(np.argsort(-off_diagonal, axis=None)[:5], matrix.shape))[0]
+    return {
+        "figures": names,
+        "best": ranking[:5],
+        "worst": ranking[-5:][::-1],
+        "confused_pairs": plots.confused_pairs(predicted, test.fine, dataset.fine_names),
+        "confused_superclasses": [(dataset.coarse_names[i], dataset.coarse_names[j], float(matrix[i, j]))
+                                  for i, j in worst_superclass],
+    }
+
+
+def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cnn"):
+    """Curves of every fit run, figures of the `name` model; the markdown that shows them in README."""
+    import keras
+
+    from cifar_keras import data, plots
+
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    logs = {}
+    for path in sorted(Path(records_dir).glob("*.log.csv")):
+        logs[path.name[: -len(".log.csv")]] = path
+    curves = figures_dir / "training_curves.png"
+    plots.training_curves(logs, curves)
+    model_path = Path(records_dir) / f"{name}.keras"
+    facts = model_figures(keras.saving.load_model(model_path), data.load(data_dir), figures_dir)
+
+    def link(path):
+        return Path(path).resolve().relative_to(Path(readme_dir).resolve()).as_posix()
+
+    def classes(pairs):
+        return ", ".join(f"{n.replace('_', ' ')} ({a:.0f} %)" for n, a in pairs)
+
+    lines = [
+        f"![Training curves]({link(curves)})",
+        "",
+        f"Test-set analysis of `{model_path.as_posix()}`:",
+        "",
+        f"- best classes: {classes(facts['best'])};",
+        f"- worst classes: {classes(facts['worst'])};",
+        "- most frequent confusions (true → predicted, of 100 test images each): "
+        + ", ".join(f"{t.replace('_', ' ')} → {p.replace('_', ' ')} ({c})" for t, p, c in facts["confused_pairs"]) + ";",
+        "- superclasses most often mistaken for another (true → predicted, % of the true superclass): "
+        + ", ".join(f"{t.replace('_', ' ')} → {p.replace('_', ' ')} ({v:.0f} %)"
+                    for t, p, v in facts["confused_superclasses"]) + ".",
+        "",
+        f"![Superclass confusion]({link(facts['figures']['superclass_confusion'])})",
+        f"![Per-class accuracy]({link(facts['figures']['per_class_accuracy'])})",
+        f"![Test images with predictions]({link(facts['figures']['examples'])})",
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(readme, records_dir, analysis=None):
+    """Replace the text between the markers (table, then `analysis`); return True if README changed."""
     readme = Path(readme)
     text = readme.read_text()
     if BEGIN not in text or END not in text:
         raise UserError(f"{readme}: results markers not found (add {BEGIN} and {END})")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{results_table(load_fit_records(records_dir))}\n{END}{tail}"
+    body = results_table(load_fit_records(records_dir)) + (f"\n\n{analysis}" if analysis else "")
+    new = f"{head}{BEGIN}\n{body}\n{END}{tail}"
     if new != text:
         readme.write_text(new)
     return new != text

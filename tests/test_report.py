@@ -43,7 +43,7 @@ def test_table_rows_come_from_the_records_mlp_first(project):
 
 def test_report_is_idempotent(project, capsys):
     readme, records = project
-    argv = ["report", "--readme", str(readme), "--records", str(records)]
+    argv = ["report", "--readme", str(readme), "--records", str(records), "--no-figures"]
     assert cli.main(argv) == 0
     first = readme.read_text()
     assert cli.main(argv) == 0
@@ -67,3 +67,38 @@ def test_readme_without_markers_is_refused(project):
     readme.write_text("# no markers\n")
     with pytest.raises(UserError, match="markers not found"):
         report.update_readme(readme, records)
+
+
+def test_figures_and_analysis_are_written_and_stable(project, data_root, tmp_path, capsys):
+    import keras
+    from PIL import Image
+
+    from cifar_keras import models
+
+    readme, records = project
+    models.cnn(widths=(8, 8, 8), stem_width=8).save(records / "cnn.keras")
+    header = "epoch,accuracy,loss,val_accuracy,val_loss\n"
+    (records / "cnn.log.csv").write_text(header + "0,0.1,4.0,0.12,3.9\n1,0.2,3.5,0.21,3.4\n")
+    (records / "mlp.log.csv").write_text(header + "0,0.05,4.3,0.06,4.2\n")
+    argv = ["report", "--readme", str(readme), "--records", str(records), "--figures", str(tmp_path / "docs"),
+            "--data-dir", str(data_root)]
+    assert cli.main(argv) == 0
+    text = readme.read_text()
+    for name in ("training_curves", "superclass_confusion", "per_class_accuracy", "examples"):
+        assert f"(docs/{name}.png)" in text
+        with Image.open(tmp_path / "docs" / f"{name}.png") as image:
+            image.verify()
+    assert "- worst classes: " in text and "- most frequent confusions" in text
+    assert text.endswith(f"{report.END}\nAfter.\n")
+    assert cli.main(argv) == 0
+    assert readme.read_text() == text and "already up to date" in capsys.readouterr().out
+
+
+def test_evaluate_writes_figures(data_root, tmp_path):
+    from cifar_keras import models
+
+    models.mlp(hidden=(16, 16)).save(tmp_path / "m.keras")
+    assert cli.main(["evaluate", str(tmp_path / "m.keras"), "--data-dir", str(data_root),
+                     "--report-dir", str(tmp_path / "figs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
+        "examples.png", "per_class_accuracy.png", "superclass_confusion.png"]

@@ -1,0 +1,98 @@
+"""Figures of a results report (matplotlib, PNG): curves, confusions, per-class accuracy, examples."""
+
+import csv
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+PNG = {"dpi": 110, "metadata": {"Software": None}}  # no version stamp: same inputs, same bytes
+
+
+def training_curves(logs, path):
+    """Accuracy and loss per epoch, training (dashed) and validation (solid), one colour per run."""
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for (name, log_path), colour in zip(sorted(logs.items()), plt.cm.tab10.colors):
+        with open(log_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        epochs = [int(r["epoch"]) + 1 for r in rows]
+        for ax, key, scale in ((acc_ax, "accuracy", 100), (loss_ax, "loss", 1)):
+            ax.plot(epochs, [scale * float(r[key]) for r in rows], "--", color=colour, label=f"{name} train")
+            ax.plot(epochs, [scale * float(r[f"val_{key}"]) for r in rows], "-", color=colour, label=f"{name} val")
+    acc_ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Accuracy")
+    loss_ax.set(xlabel="epoch", ylabel="loss (label-smoothed cross-entropy)", title="Loss")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, **PNG)
+    plt.close(fig)
+
+
+def superclass_confusion(predicted_fine, coarse, fine_to_coarse, coarse_names, path):
+    """Row-normalised 20x20 confusion of true superclass vs superclass of the predicted class."""
+    n = len(coarse_names)
+    matrix = np.zeros((n, n))
+    np.add.at(matrix, (coarse, fine_to_coarse[predicted_fine]), 1)
+    matrix = 100 * matrix / matrix.sum(axis=1, keepdims=True).clip(min=1)
+    fig, ax = plt.subplots(figsize=(10, 9))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=100)
+    ax.set_xticks(range(n), coarse_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), coarse_names, fontsize=7)
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j] >= 1:
+                ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if matrix[i, j] > 50 else "black")
+    ax.set(xlabel="predicted superclass", ylabel="true superclass", title="Superclass confusion (% of each row)")
+    fig.colorbar(image, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, **PNG)
+    plt.close(fig)
+    return matrix
+
+
+def per_class_accuracy(predicted_fine, fine, fine_names, path):
+    """Sorted bar chart of test accuracy per class; returns [(name, accuracy %)], best first."""
+    n = len(fine_names)
+    accuracy = 100 * np.bincount(fine, weights=predicted_fine == fine, minlength=n) / np.bincount(fine, minlength=n).clip(min=1)
+    order = np.argsort(-accuracy, kind="stable")
+    fig, ax = plt.subplots(figsize=(16, 4.5))
+    ax.bar(range(n), accuracy[order], color=plt.cm.viridis(accuracy[order] / 100))
+    ax.set_xticks(range(n), [fine_names[i] for i in order], rotation=90, fontsize=6)
+    ax.set(ylabel="test top-1 accuracy (%)", title="Per-class test accuracy", xlim=(-1, n))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, **PNG)
+    plt.close(fig)
+    return [(fine_names[i], float(accuracy[i])) for i in order]
+
+
+def prediction_grid(images, predicted_fine, fine, fine_names, path, columns=8, rows=6):
+    """Test images with true and predicted labels; mistakes in red."""
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.9))
+    for ax, image, predicted, true in zip(axes.flat, images, predicted_fine, fine):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        wrong = predicted != true
+        ax.set_title(f"{fine_names[true]}\n→ {fine_names[predicted]}", fontsize=7, color="red" if wrong else "green")
+        if wrong:
+            for spine in ax.spines.values():
+                spine.set(color="red", linewidth=2)
+    fig.suptitle("Test images: true label → prediction (mistakes in red)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, **PNG)
+    plt.close(fig)
+
+
+def confused_pairs(predicted_fine, fine, fine_names, top=10):
+    """The most frequent (true, predicted) mistakes: [(true name, predicted name, count)]."""
+    n = len(fine_names)
+    counts = np.zeros((n, n), dtype=int)
+    np.add.at(counts, (fine, predicted_fine), 1)
+    np.fill_diagonal(counts, 0)
+    flat = np.argsort(-counts, axis=None, kind="stable")[:top]
+    return [(fine_names[i], fine_names[j], int(counts[i, j])) for i, j in zip(*np.unravel_index(flat, counts.shape))]
