@@ -49,6 +49,8 @@ def build_parser():
     fit.add_argument("--crop-pad", type=int, help="random-crop padding in pixels (0: no crop)")
     fit.add_argument("--cutout", dest="cutout_size", type=int, help="cutout square size in pixels (0: off)")
     fit.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no horizontal flips")
+    fit.add_argument("--tta", dest="tta", action=argparse.BooleanOptionalAction, default=None,
+                     help="save the model averaged over each image and its mirror (flip test-time augmentation; default: off)")
     fit.add_argument("--seed", type=int)
     fit.add_argument("--train-size", type=positive_int, help="train on a stratified subset of N images")
     fit.add_argument("--val-size", type=positive_int, help="validation images carved from train (default 5000)")
@@ -128,7 +130,7 @@ def run_fit(args, argv):
     from cifar_keras import train
 
     options = {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "weight_decay",
-                                             "label_smoothing", "warmup_epochs", "crop_pad", "cutout_size", "flip",
+                                             "label_smoothing", "warmup_epochs", "crop_pad", "cutout_size", "flip", "tta",
                                              "seed", "train_size", "val_size", "patience", "precision")}
     hparams_file = args.hparams
     if hparams_file is None and Path(f"tuning/{args.model}/best_hparams.json").is_file():

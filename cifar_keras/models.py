@@ -7,6 +7,7 @@ and ends in a float32 softmax over the 100 fine classes.
 from dataclasses import dataclass, field
 
 import keras
+import numpy as np
 from keras import layers
 
 from cifar_keras.data import MEAN, NUM_CLASSES, STD
@@ -74,6 +75,21 @@ def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=
     return keras.Model(inputs, classifier(x, num_classes, logit_scale), name="cnn")
 
 
+def with_flip_tta(model):
+    """`model` averaged over each image and its mirror image (test-time augmentation).
+
+    The mirror is a fixed 0/1 matrix applied along the width axis: built-in layers only,
+    so the saved model still loads without this package.
+    """
+    inputs = keras.Input((32, 32, 3), name="pixels")
+    across_width = layers.Permute((1, 3, 2), name="width_last")(inputs)
+    mirror = layers.Dense(32, use_bias=False, trainable=False, name="mirror")
+    mirrored = layers.Permute((1, 3, 2), name="width_back")(mirror(across_width))
+    mirror.set_weights([np.eye(32, dtype="float32")[::-1]])
+    outputs = layers.Average(name="flip_average")([model(inputs), model(mirrored)])
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")
+
+
 def mlp_space(hp):
     """KerasTuner search space of the MLP, as overrides of its default recipe."""
     return {
@@ -117,13 +133,13 @@ MODELS = {
     "mlp": ModelSpec(
         mlp,
         dict(epochs=40, batch_size=256, optimizer="adamw", learning_rate=2e-3, weight_decay=0.05,
-             label_smoothing=0.1, warmup_epochs=2, crop_pad=2, flip=True, cutout_size=0),
+             label_smoothing=0.1, warmup_epochs=2, crop_pad=2, flip=True, cutout_size=0, tta=False),
         mlp_space,
     ),
     "cnn": ModelSpec(
         cnn,
         dict(epochs=15, batch_size=256, optimizer="sgd", learning_rate=0.2, weight_decay=5e-4,
-             label_smoothing=0.2, warmup_epochs=2, crop_pad=4, flip=True, cutout_size=0),
+             label_smoothing=0.2, warmup_epochs=2, crop_pad=4, flip=True, cutout_size=0, tta=False),
         cnn_space,
     ),
 }

@@ -63,7 +63,8 @@ def environment():
         if module is not None:
             versions[name] = getattr(module, "__version__", "?")
     return {
-        "hardware": {"cpu": cpu_model(), "cores": os.cpu_count(), "gpus": gpus()},
+        "hardware": {"cpu": cpu_model(), "cores": os.cpu_count(), "gpus": gpus(),
+                     "cpu_features": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})},
         "backend": keras.backend.backend(),
         "versions": versions,
     }

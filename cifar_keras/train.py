@@ -171,7 +171,13 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
     keras.mixed_precision.set_global_policy("float32")
     final = spec.build(**config["model_args"])
     final.set_weights(model.get_weights())
-    test = evaluate_model(final, dataset.test, dataset.fine_to_coarse())
+    fine_to_coarse = dataset.fine_to_coarse()
+    val_plain = evaluate_model(final, val, fine_to_coarse)
+    if config.get("tta"):
+        # Flip TTA's gain is measured on validation, side by side, and recorded.
+        final = models.with_flip_tta(final)
+        val_tta = evaluate_model(final, val, fine_to_coarse)
+    test = evaluate_model(final, dataset.test, fine_to_coarse)
     final.save(paths["model"])
     shutil.rmtree(paths["best"].parent, ignore_errors=True)
 
@@ -197,7 +203,10 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
             "train_images_per_s": round(len(train) // config["batch_size"] * config["batch_size"] * len(log) / train_time, 1),
             "pipeline_images_per_s": round(pipeline_ips, 1),
         },
-        "val": {"top1": round(100 * best["val_accuracy"], 2), "top5": round(100 * best["val_top5"], 2)},
+        "val": {"top1": round(100 * best["val_accuracy"], 2), "top5": round(100 * best["val_top5"], 2),
+                "top1_float32": round(val_plain["top1"], 2),
+                **({"top1_flip_tta": round(val_tta["top1"], 2)} if config.get("tta") else {})},
+        "flip_tta": bool(config.get("tta")),
         "test": {k: round(v, 4) if isinstance(v, float) else v for k, v in test.items()},
         "config": config,
         **records.environment(),

@@ -60,11 +60,12 @@ def test_saved_model_is_float32_and_predicts_raw_pixels(fitted):
 
 
 def test_cnn_learns_the_synthetic_cue(data_root, tmp_path):
-    """A few epochs of the CNN beat chance (1%) on validation: the whole loop trains."""
-    config = train.make_config("cnn", epochs=4, batch_size=50, val_size=100, precision="float32",
-                               learning_rate=0.05, model_args=dict(widths=(16, 32, 32), stem_width=8))
+    """A few epochs of the CNN beat chance (1%) clearly: the whole loop trains."""
+    config = train.make_config("cnn", epochs=10, batch_size=50, val_size=100, precision="float32",
+                               learning_rate=0.1, label_smoothing=0.0, crop_pad=0,
+                               model_args=dict(widths=(16, 32, 32), stem_width=8))
     record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
-    assert record["val"]["top1"] > 5 and record["test"]["top1"] > 5
+    assert record["val"]["top1"] > 10 and record["test"]["top1"] > 10
 
 
 class Interrupt(keras.callbacks.Callback):

@@ -38,3 +38,15 @@ def test_mlp_is_the_seed_baseline_shape():
     dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
     assert [l.units for l in dense] == [64, 32, 100]
     assert sum(isinstance(l, keras.layers.LeakyReLU) for l in model.layers) == 2
+
+
+def test_flip_tta_averages_the_image_and_its_mirror(tmp_path):
+    base = models.cnn(widths=(8, 8, 8), stem_width=8)
+    tta = models.with_flip_tta(base)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    expected = (base.predict(pixels, verbose=0) + base.predict(pixels[:, :, ::-1], verbose=0)) / 2
+    assert np.allclose(tta.predict(pixels, verbose=0), expected, atol=1e-6)
+    assert not np.allclose(expected, base.predict(pixels, verbose=0), atol=1e-4)  # the mirror matters
+    tta.save(tmp_path / "tta.keras")  # built-in layers only: plain keras reloads it
+    reloaded = keras.saving.load_model(tmp_path / "tta.keras")
+    assert np.allclose(reloaded.predict(pixels, verbose=0), expected, atol=1e-6)
