@@ -1,4 +1,4 @@
-"""Command line: python -m cifar_keras {fit,evaluate,tune,export,predict,report} ... (see --help of each)."""
+"""Command line: python -m cifar_keras {fit,evaluate,tune,export,predict,bench,report} ... (see --help of each)."""
 
 import argparse
 import json
@@ -110,6 +110,17 @@ def build_parser():
     tune.add_argument("--tuning-dir", default="tuning", help="folder of the search results (default: tuning)")
     add_data_dir(tune)
 
+    bench = sub.add_parser("bench", help="CNN training throughput per Keras backend and precision",
+                           description="Time fit() steps of MODEL on each Keras backend with and without mixed "
+                           "precision, one subprocess each, side by side; write the run record OUTPUT.")
+    bench.add_argument("model", nargs="?", default="cnn", choices=MODEL_NAMES)
+    bench.add_argument("--backends", default="tensorflow,jax,torch", help="comma-separated (default: all three)")
+    bench.add_argument("--precisions", default="float32,bfloat16", help="comma-separated (default: float32,bfloat16)")
+    bench.add_argument("--batch-size", type=positive_int, default=256)
+    bench.add_argument("--steps", type=positive_int, default=20, help="timed training steps (default 20)")
+    bench.add_argument("--warmup", type=positive_int, default=3, help="untimed steps first, for compilation (default 3)")
+    bench.add_argument("--output", default="saved_models/bench.json", help="run record (default: saved_models/bench.json)")
+
     rep = sub.add_parser("report", help="regenerate README's results table from the run records",
                          description="Rewrite the results table between README's markers from the fit run records "
                          "(*.json) in --records; the rest of README is left as it is.")
@@ -193,6 +204,25 @@ def run_tune(args, argv):
           f"{Path(args.tuning_dir) / args.model / 'best_hparams.json'}")
 
 
+def run_bench(args, argv):
+    from cifar_keras import bench, records
+
+    backends = [b for b in args.backends.split(",") if b]
+    precisions = [p for p in args.precisions.split(",") if p]
+    for name, values, allowed in (("--backends", backends, bench.BACKENDS), ("--precisions", precisions, bench.PRECISIONS)):
+        wrong = sorted(set(values) - set(allowed))
+        if wrong or not values:
+            raise UserError(f"{name}: unknown {', '.join(wrong) or 'empty list'}; choose from {', '.join(allowed)}")
+    results = bench.run(args.model, backends, precisions, args.batch_size, args.steps, args.warmup)
+    records.write(args.output, {"kind": "bench", "model": args.model, "command": command_line(argv),
+                                "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+                                "results": results, **records.environment()})
+    for r in results:
+        speed = f"{r['train_images_per_s']:8.1f} img/s" if "error" not in r else f"failed: {r['error']}"
+        print(f"{r['backend']:<11} {r['precision']:<15} {speed}")
+    return 1 if any("error" in r for r in results) else 0
+
+
 def run_export(args, argv):
     from cifar_keras.export import export_model
 
@@ -232,7 +262,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         handler = {"fit": run_fit, "evaluate": run_evaluate, "export": run_export, "predict": run_predict,
-                   "tune": run_tune, "report": run_report}[args.command]
+                   "tune": run_tune, "bench": run_bench, "report": run_report}[args.command]
         return handler(args, argv) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -120,6 +120,29 @@ def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cn
     return "\n".join(lines)
 
 
+def bench_table(path):
+    """Throughput per backend and precision from a bench run record, or '' if there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return ""
+    record = records.read(path)
+    try:
+        hardware = record["hardware"]
+        lines = [f"Training throughput of `{record['model']}` (batch {record['batch_size']}, {record['steps']} timed "
+                 f"steps after {record['warmup']} warm-up steps) on {hardware['cpu']} ({hardware['cores']} cores), "
+                 f"measured side by side by `{record['command']}` ({path.as_posix()}):", "",
+                 "| Backend | Precision | Train images/s | Input pipeline images/s |", "|---|---|---|---|"]
+        for r in record["results"]:
+            if "error" in r:
+                lines.append(f"| {r['backend']} | {r['precision']} | failed: {r['error']} | |")
+            else:
+                lines.append(f"| {r['backend']} | {r['precision']} | {r['train_images_per_s']:.0f} | "
+                             f"{r['pipeline_images_per_s']:.0f} |")
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: malformed bench record ({type(e).__name__}: {e})") from None
+    return "\n".join(lines)
+
+
 def update_readme(readme, records_dir, analysis=None):
     """Replace the text between the markers (table, then `analysis`); return True if README changed."""
     readme = Path(readme)
@@ -128,7 +151,8 @@ def update_readme(readme, records_dir, analysis=None):
         raise UserError(f"{readme}: results markers not found (add {BEGIN} and {END})")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    body = results_table(load_fit_records(records_dir)) + (f"\n\n{analysis}" if analysis else "")
+    sections = [results_table(load_fit_records(records_dir)), bench_table(Path(records_dir) / "bench.json"), analysis]
+    body = "\n\n".join(section for section in sections if section)
     new = f"{head}{BEGIN}\n{body}\n{END}{tail}"
     if new != text:
         readme.write_text(new)
