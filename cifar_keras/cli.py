@@ -59,6 +59,10 @@ def build_parser():
                      help="auto (default): bfloat16 on CPUs with AVX512-BF16/AMX, float16 on GPUs, else float32")
     fit.add_argument("--hparams", help="tuned hyperparameters (default: tuning/MODEL/best_hparams.json if it "
                      "exists; 'none' for the built-in recipe); flags still override them")
+    fit.add_argument("--distribute", choices=("none", "mirrored"),
+                     help="mirrored: synchronous data parallelism over this machine's devices (TensorFlow: "
+                     "MirroredStrategy over the GPUs; JAX: DataParallel); batch size and learning rate are per "
+                     "replica and scale with the replica count (default: none)")
     fit.add_argument("--output-dir", default="saved_models", help="where the model and records go (default: saved_models)")
     fit.add_argument("--name", help="file name stem of the outputs (default: the model name)")
     add_data_dir(fit)
@@ -142,7 +146,7 @@ def run_fit(args, argv):
 
     options = {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "weight_decay",
                                              "label_smoothing", "warmup_epochs", "crop_pad", "cutout_size", "flip", "tta",
-                                             "seed", "train_size", "val_size", "patience", "precision")}
+                                             "seed", "train_size", "val_size", "patience", "precision", "distribute")}
     hparams_file = args.hparams
     if hparams_file is None and Path(f"tuning/{args.model}/best_hparams.json").is_file():
         hparams_file = f"tuning/{args.model}/best_hparams.json"

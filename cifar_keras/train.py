@@ -1,5 +1,6 @@
 """`fit`: train a registered model on the training split, select on validation, test once, record."""
 
+import contextlib
 import csv
 import shutil
 import sys
@@ -27,10 +28,22 @@ def resolve_precision(choice="auto"):
     return "float32"
 
 
+@contextlib.contextmanager
+def precision_policy(choice):
+    """Use Keras' dtype policy for `choice` inside the block, then restore the previous one."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(resolve_precision(choice))
+    try:
+        yield keras.mixed_precision.global_policy().name
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def make_config(model_name, hparams=None, **overrides):
     """The model's default recipe, then tuned `hparams`, then every override that is not None."""
     config = {"model": model_name, "model_args": {}, **models.get_spec(model_name).defaults,
-              "seed": 0, "val_size": 5000, "train_size": None, "precision": "auto", "patience": 0}
+              "seed": 0, "val_size": 5000, "train_size": None, "precision": "auto", "patience": 0,
+              "distribute": "none"}
     for key, value in (hparams or {}).items():
         config[key] = {**config["model_args"], **value} if key == "model_args" else value
     config.update({k: v for k, v in overrides.items() if v is not None})
@@ -61,6 +74,31 @@ def read_hparams(path, model_name):
                 not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
             raise UserError(f"{path}: '{key}' must be a non-negative number, got {value!r}")
     return hparams
+
+
+def data_parallel(kind):
+    """(scope factory, replicas) for synchronous data-parallel training over this machine's devices.
+
+    TensorFlow: tf.distribute.MirroredStrategy over the GPUs (else the logical CPUs);
+    JAX: keras.distribution.DataParallel over all devices.
+    """
+    if kind == "none":
+        return contextlib.nullcontext, 1
+    from cifar_keras.errors import UserError
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices)
+        return strategy.scope, strategy.num_replicas_in_sync
+    if backend == "jax":
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return contextlib.nullcontext, len(devices)
+    raise UserError(f"--distribute {kind} needs KERAS_BACKEND=tensorflow or jax, not {backend}")
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -122,6 +160,30 @@ def run_paths(output_dir, name):
             "log": output_dir / f"{name}.log.csv", "best": work / "best.weights.h5", "backup": work / "backup"}
 
 
+def train_model(spec, config, scaled, scope, steps_per_epoch, train_ds, val_ds, paths, resuming, extra_callbacks):
+    """Build, compile and fit under `scope`; return the model holding the best epoch's weights."""
+    with scope():
+        model = spec.build(**config["model_args"])
+        compile_model(model, scaled, steps_per_epoch)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        paths["best"], monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True)
+    if resuming and paths["log"].exists():
+        # A resumed run must not overwrite the best checkpoint with a worse epoch.
+        checkpoint.best = max((row["val_accuracy"] for row in read_log(paths["log"])), default=-np.inf)
+    callbacks = [EpochTimer(), keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint,
+                 keras.callbacks.BackupAndRestore(paths["backup"]), *extra_callbacks]
+    if config["patience"]:
+        callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=config["patience"]))
+    with scope():
+        model.fit(train_ds, validation_data=val_ds, epochs=config["epochs"], callbacks=callbacks,
+                  verbose=1 if sys.stdout.isatty() else 2)
+    if config["distribute"] != "none" and keras.backend.backend() == "jax":
+        keras.distribution.set_distribution(None)
+
+    model.load_weights(paths["best"])
+    return model
+
+
 def fit(config, data_dir=None, output_dir="saved_models", name=None, command=None, extra_callbacks=()):
     """Train as `config` says; write <name>.keras, <name>.json (run record) and <name>.log.csv."""
     started = time.perf_counter()
@@ -134,41 +196,29 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
     paths["best"].parent.mkdir(parents=True, exist_ok=True)
 
     keras.utils.set_random_seed(config["seed"])
-    policy = resolve_precision(config["precision"])
-    keras.mixed_precision.set_global_policy(policy)
-
     dataset = data.load(data_dir)
     train, val = data.train_val_split(dataset.train, config["val_size"], config["train_size"], config["seed"])
+    scope, replicas = data_parallel(config["distribute"])
+    # Each replica keeps the per-device batch; the learning rate follows the global batch (linear scaling).
+    scaled = {**config, "batch_size": config["batch_size"] * replicas,
+              "learning_rate": config["learning_rate"] * replicas}
     augment = {k: config[k] for k in ("crop_pad", "flip", "cutout_size")}
-    train_ds = make_dataset(train, config["batch_size"], training=True, seed=config["seed"], **augment)
+    train_ds = make_dataset(train, scaled["batch_size"], training=True, seed=config["seed"], **augment)
     val_ds = make_dataset(val, 500)
-    steps_per_epoch = len(train) // config["batch_size"]
+    steps_per_epoch = len(train) // scaled["batch_size"]
     if steps_per_epoch == 0:
         from cifar_keras.errors import UserError
 
-        raise UserError(f"--batch-size {config['batch_size']} is larger than the {len(train)} training images")
+        raise UserError(f"global batch {scaled['batch_size']} is larger than the {len(train)} training images")
     pipeline_ips = pipeline_throughput(train_ds)
 
     spec = models.get_spec(config["model"])
-    model = spec.build(**config["model_args"])
-    compile_model(model, config, steps_per_epoch)
-
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        paths["best"], monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True)
-    if resuming and paths["log"].exists():
-        # A resumed run must not overwrite the best checkpoint with a worse epoch.
-        checkpoint.best = max((row["val_accuracy"] for row in read_log(paths["log"])), default=-np.inf)
-    callbacks = [EpochTimer(), keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint,
-                 keras.callbacks.BackupAndRestore(paths["backup"]), *extra_callbacks]
-    if config["patience"]:
-        callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=config["patience"]))
-    model.fit(train_ds, validation_data=val_ds, epochs=config["epochs"], callbacks=callbacks,
-              verbose=1 if sys.stdout.isatty() else 2)
+    with precision_policy(config["precision"]) as policy:
+        model = train_model(spec, config, scaled, scope, steps_per_epoch, train_ds, val_ds, paths, resuming,
+                            extra_callbacks)
 
     # The saved model is float32 whatever precision trained it: it runs anywhere, and
     # the test score below is the score of exactly that file.
-    model.load_weights(paths["best"])
-    keras.mixed_precision.set_global_policy("float32")
     final = spec.build(**config["model_args"])
     final.set_weights(model.get_weights())
     fine_to_coarse = dataset.fine_to_coarse()
@@ -199,8 +249,11 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
         "train_wall_time_s": round(sum(row["epoch_time"] for row in log), 1),
         "process_wall_time_s": round(time.perf_counter() - started, 1),
         "resumed": resuming,
+        "replicas": replicas,
+        "global_batch_size": scaled["batch_size"],
+        "scaled_learning_rate": scaled["learning_rate"],
         "throughput": {
-            "train_images_per_s": round(len(train) // config["batch_size"] * config["batch_size"] * len(log) / train_time, 1),
+            "train_images_per_s": round(steps_per_epoch * scaled["batch_size"] * len(log) / train_time, 1),
             "pipeline_images_per_s": round(pipeline_ips, 1),
         },
         "val": {"top1": round(100 * best["val_accuracy"], 2), "top5": round(100 * best["val_top5"], 2),

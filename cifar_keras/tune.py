@@ -15,7 +15,7 @@ import keras_tuner
 
 from cifar_keras import data, models, records
 from cifar_keras.pipeline import make_dataset
-from cifar_keras.train import compile_model, make_config, resolve_precision
+from cifar_keras.train import compile_model, make_config, precision_policy
 
 TUNERS = ("random", "hyperband", "bayesian")
 
@@ -73,15 +73,14 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, tr
     """Run (or continue) a search; write trials.json, best_hparams.json and a run record."""
     started = time.perf_counter()
     keras.utils.set_random_seed(seed)
-    policy = resolve_precision(precision)
-    keras.mixed_precision.set_global_policy(policy)
     dataset = data.load(data_dir)
     train, val = data.train_val_split(dataset.train, val_size, train_size, seed)
     hypermodel = CifarHyperModel(model_name, train, epochs=epochs, train_size=train_size, val_size=val_size,
                                  seed=seed, precision=precision)
     folder = Path(tuning_dir) / model_name
     tuner = make_tuner(kind, hypermodel, folder, max_trials, max_epochs, seed)
-    tuner.search(validation_data=make_dataset(val, 500), epochs=epochs)
+    with precision_policy(precision) as policy:
+        tuner.search(validation_data=make_dataset(val, 500), epochs=epochs)
 
     best_hp = tuner.get_best_hyperparameters(1)[0]
     best_trial = tuner.oracle.get_best_trials(1)[0]

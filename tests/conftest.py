@@ -63,3 +63,13 @@ def isolated_keras_home(tmp_path, monkeypatch):
     """No test reads or writes the user's Keras cache or a data dir from the environment."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.delenv("CIFAR100_DATA_DIR", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """Every test starts and ends with Keras' default float32 policy."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
