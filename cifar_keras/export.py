@@ -25,7 +25,10 @@ def next_version(base):
 def serving_fn(model):
     def serve(pixels):
         probabilities = model(keras.ops.cast(pixels, "float32"), training=False)
-        top5_probabilities, top5_classes = keras.ops.top_k(probabilities, k=5)
+        # argsort rather than top_k: JAX lowers top_k to a StableHLO composite that
+        # TensorFlow's loader may be too old to read.
+        top5_classes = keras.ops.argsort(-probabilities, axis=-1)[:, :5]
+        top5_probabilities = keras.ops.take_along_axis(probabilities, top5_classes, axis=-1)
         return {"probabilities": probabilities, "top5_classes": keras.ops.cast(top5_classes, "int32"),
                 "top5_probabilities": top5_probabilities}
 
