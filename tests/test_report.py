@@ -39,6 +39,7 @@ def test_table_rows_come_from_the_records_mlp_first(project):
     assert rows[0].startswith("| `mlp` | 1.23 M | **31.50 %** | 51.50 % | 41.50 % | 7 | 5.0 min | 321 |")
     assert "| `cnn` |" in rows[1] and "**71.25 %**" in rows[1] and "40.0 min" in rows[1]
     assert "Test CPU (2 cores)" in rows[1] and "`python -m cifar_keras fit cnn`" in rows[1]
+    assert "| built-in (`--hparams none`) |" in rows[1]
 
 
 def test_report_is_idempotent(project, capsys):
