@@ -103,7 +103,7 @@ def build_parser():
                           "search.json. Rerun the same command to continue an interrupted search.")
     tune.add_argument("model", choices=MODEL_NAMES)
     tune.add_argument("--tuner", choices=("random", "hyperband", "bayesian"), default="hyperband")
-    tune.add_argument("--max-trials", type=positive_int, default=10, help="trials for random/bayesian (default 10)")
+    tune.add_argument("--max-trials", type=positive_int, default=10, help="number of trials (random/bayesian), or a cap on them (hyperband) (default 10)")
     tune.add_argument("--epochs", type=positive_int, default=3, help="epochs per trial for random/bayesian (default 3)")
     tune.add_argument("--max-epochs", type=positive_int, default=9, help="largest epoch budget of a hyperband trial (default 9)")
     tune.add_argument("--train-size", type=positive_int, default=10_000,

@@ -144,6 +144,32 @@ def bench_table(path):
     return "\n".join(lines)
 
 
+def tuning_tables(tuning_dir):
+    """Per searched model: the search's command and budget, and its trials best first."""
+    sections = []
+    for search in sorted(Path(tuning_dir).glob("*/search.json")):
+        record = records.read(search)
+        trials_path = search.parent / "trials.json"
+        try:
+            trials = [t for t in records.read(trials_path) if t["val_accuracy"] is not None]
+            trials.sort(key=lambda t: -t["val_accuracy"])
+            names = sorted({k for t in trials for k in t["hyperparameters"] if not k.startswith("tuner/")})
+            lines = [f"`{record['model']}`: {record['tuner']} search, {record['trials']} trials on "
+                     f"{record['train_images']} training images, scored on {record['val_images']} validation "
+                     f"images, {float(record['search_wall_time_s']) / 60:.0f} min on {record['hardware']['cpu']} "
+                     f"({record['hardware']['cores']} cores): `{record['command']}`", "",
+                     "| Trial | Val top-1 | Epochs | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
+            for t in trials:
+                hp = t["hyperparameters"]
+                values = [f"{hp[n]:.3g}" if isinstance(hp.get(n), float) else str(hp.get(n, "")) for n in names]
+                lines.append(f"| {t['trial_id']} | {100 * t['val_accuracy']:.2f} % | {hp.get('tuner/epochs', record['epochs'])} | "
+                             + " | ".join(values) + " |")
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{trials_path}: malformed trials summary ({type(e).__name__}: {e})") from None
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
+
+
 def update_readme(readme, records_dir, analysis=None):
     """Replace the text between the markers (table, then `analysis`); return True if README changed."""
     readme = Path(readme)
@@ -152,7 +178,9 @@ def update_readme(readme, records_dir, analysis=None):
         raise UserError(f"{readme}: results markers not found (add {BEGIN} and {END})")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    sections = [results_table(load_fit_records(records_dir)), bench_table(Path(records_dir) / "bench.json"), analysis]
+    tuning = tuning_tables(Path(readme).parent / "tuning")
+    sections = [results_table(load_fit_records(records_dir)), bench_table(Path(records_dir) / "bench.json"),
+                f"Hyperparameter searches (`tuning/`):\n\n{tuning}" if tuning else "", analysis]
     body = "\n\n".join(section for section in sections if section)
     new = f"{head}{BEGIN}\n{body}\n{END}{tail}"
     if new != text:

@@ -56,7 +56,10 @@ def make_tuner(kind, hypermodel, directory, max_trials, max_epochs, seed):
         return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)
     if kind == "bayesian":
         return keras_tuner.BayesianOptimization(hypermodel, max_trials=max_trials, **common)
-    return keras_tuner.Hyperband(hypermodel, max_epochs=max_epochs, factor=3, **common)
+    tuner = keras_tuner.Hyperband(hypermodel, max_epochs=max_epochs, factor=3, **common)
+    # Hyperband sizes its brackets from max_epochs; max_trials caps the CPU cost on top.
+    tuner.oracle.max_trials = max_trials
+    return tuner
 
 
 def trial_summary(tuner):
@@ -65,7 +68,7 @@ def trial_summary(tuner):
         values = {k: v for k, v in trial.hyperparameters.values.items()}
         trials.append({"trial_id": trial.trial_id, "status": trial.status,
                        "val_accuracy": trial.score, "hyperparameters": values})
-    return sorted(trials, key=lambda t: t["trial_id"])
+    return sorted(trials, key=lambda t: int(t["trial_id"]))
 
 
 def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, train_size=None, val_size=5000,

@@ -103,3 +103,20 @@ def test_evaluate_writes_figures(data_root, tmp_path):
                      "--report-dir", str(tmp_path / "figs")]) == 0
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
         "examples.png", "per_class_accuracy.png", "superclass_confusion.png"]
+
+
+def test_tuning_trials_table_best_first(project):
+    readme, records = project
+    folder = readme.parent / "tuning" / "mlp"
+    folder.mkdir(parents=True)
+    search = {"kind": "tune", "model": "mlp", "tuner": "random", "trials": 3, "train_images": 300,
+              "val_images": 100, "epochs": 4, "search_wall_time_s": 120, "command": "python -m cifar_keras tune mlp",
+              "hardware": {"cpu": "Test CPU", "cores": 2}}
+    trials = [{"trial_id": "0", "status": "COMPLETED", "val_accuracy": 0.2, "hyperparameters": {"dropout": 0.1}},
+              {"trial_id": "1", "status": "COMPLETED", "val_accuracy": 0.3, "hyperparameters": {"dropout": 0.3}},
+              {"trial_id": "2", "status": "RUNNING", "val_accuracy": None, "hyperparameters": {"dropout": 0.5}}]
+    (folder / "search.json").write_text(json.dumps(search))
+    (folder / "trials.json").write_text(json.dumps(trials))
+    report.update_readme(readme, records)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| 0 ") or line.startswith("| 1 ")]
+    assert rows == ["| 1 | 30.00 % | 4 | 0.3 |", "| 0 | 20.00 % | 4 | 0.1 |"]
