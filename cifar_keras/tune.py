@@ -82,8 +82,10 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, tr
                                  seed=seed, precision=precision)
     folder = Path(tuning_dir) / model_name
     tuner = make_tuner(kind, hypermodel, folder, max_trials, max_epochs, seed)
+    completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
     with precision_policy(precision) as policy:
-        tuner.search(validation_data=make_dataset(val, 500), epochs=epochs)
+        if len(completed) < max_trials:  # a finished search only rewrites its summaries
+            tuner.search(validation_data=make_dataset(val, 500), epochs=epochs)
 
     best_hp = tuner.get_best_hyperparameters(1)[0]
     best_trial = tuner.oracle.get_best_trials(1)[0]
