@@ -144,6 +144,10 @@ def bench_table(path):
     return "\n".join(lines)
 
 
+def minutes(seconds):
+    return "wall time not recorded (resumed search)" if seconds is None else f"{float(seconds) / 60:.0f} min"
+
+
 def tuning_tables(tuning_dir):
     """Per searched model: the search's command and budget, and its trials best first."""
     sections = []
@@ -156,7 +160,7 @@ def tuning_tables(tuning_dir):
             names = sorted({k for t in trials for k in t["hyperparameters"] if not k.startswith("tuner/")})
             lines = [f"`{record['model']}`: {record['tuner']} search, {record['trials']} trials on "
                      f"{record['train_images']} training images, scored on {record['val_images']} validation "
-                     f"images, {float(record['search_wall_time_s']) / 60:.0f} min on {record['hardware']['cpu']} "
+                     f"images, {minutes(record.get('search_wall_time_s'))} on {record['hardware']['cpu']} "
                      f"({record['hardware']['cores']} cores): `{record['command']}`", "",
                      "| Trial | Val top-1 | Epochs | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
             for t in trials:

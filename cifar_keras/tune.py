@@ -83,6 +83,9 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, tr
     folder = Path(tuning_dir) / model_name
     tuner = make_tuner(kind, hypermodel, folder, max_trials, max_epochs, seed)
     completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
+    earlier = records.read(folder / "search.json") if (folder / "search.json").is_file() else None
+    # Wall time accumulates over resumed runs; unknown if earlier runs left no record.
+    earlier_time = earlier.get("search_wall_time_s") if earlier else (0.0 if not tuner.oracle.trials else None)
     with precision_policy(precision) as policy:
         if len(completed) < max_trials:  # a finished search only rewrites its summaries
             tuner.search(validation_data=make_dataset(val, 500), epochs=epochs)
@@ -99,6 +102,8 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, tr
         "kind": "tune", "model": model_name, "tuner": kind, "command": command,
         "max_trials": max_trials, "epochs": epochs, "max_epochs": max_epochs, "train_images": len(train),
         "val_images": len(val), "seed": seed, "precision": policy, "trials": len(trials),
-        "search_wall_time_s": round(time.perf_counter() - started, 1), "best": best, **records.environment(),
+        "run_wall_time_s": round(time.perf_counter() - started, 1),
+        "search_wall_time_s": None if earlier_time is None else round(earlier_time + time.perf_counter() - started, 1),
+        "best": best, **records.environment(),
     })
     return best, trials

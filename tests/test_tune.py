@@ -38,6 +38,8 @@ def test_rerun_continues_without_redoing_trials(data_root, tmp_path, monkeypatch
     monkeypatch.setattr(tune.CifarHyperModel, "build", lambda self, hp: builds.append(1) or original(self, hp))
     _, again = search(data_root, tmp_path, "random")
     assert builds == [] and again == first
+    times = json.loads((tmp_path / "mlp" / "search.json").read_text())
+    assert times["search_wall_time_s"] > times["run_wall_time_s"]  # accumulated over both runs
     _, more = search(data_root, tmp_path, "random", "--max-trials", "3")
     assert len(builds) == 1 and len(more) == 3 and more[:2] == first
 
