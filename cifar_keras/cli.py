@@ -163,25 +163,11 @@ def run_fit(args, argv):
           f"-> {record['files']['model']}")
 
 
-def load_keras_model(path):
-    import keras
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: model file not found")
-    if path.suffix != ".keras":
-        raise UserError(f"{path}: expected a .keras model file")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as e:  # zip, h5 and config errors all land here
-        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-
-
 def run_evaluate(args, argv):
-    from cifar_keras import data, records
+    from cifar_keras import data, models, records
     from cifar_keras.evaluate import evaluate_model
 
-    model = load_keras_model(args.model_path)
+    model = models.load_keras_model(args.model_path)
     dataset = data.load(args.data_dir)
     split = dataset.test
     if args.split == "val":
@@ -228,9 +214,10 @@ def run_bench(args, argv):
 
 
 def run_export(args, argv):
+    from cifar_keras import models
     from cifar_keras.export import export_model
 
-    model = load_keras_model(args.model_path)
+    model = models.load_keras_model(args.model_path)
     target = export_model(model, args.root, args.name or Path(args.model_path).stem, args.version)
     print(f"exported {args.model_path} -> {target}")
 

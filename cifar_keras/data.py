@@ -4,6 +4,7 @@ The pickles are untrusted input, so they are read with a restricted unpickler th
 only rebuilds what the official files hold (numpy arrays, dtypes, builtin containers).
 """
 
+import _codecs
 import hashlib
 import os
 import pickle
@@ -30,8 +31,6 @@ STD = (0.2673, 0.2564, 0.2762)
 # What the official pickles may reference, and nothing else. numpy 2 moved
 # numpy.core to numpy._core; the files name the old path. Python 3 writes the
 # array bytes of a protocol-2 pickle through _codecs.encode (str -> bytes, no side effects).
-import _codecs  # noqa: E402
-
 _ALLOWED_GLOBALS = {
     ("_codecs", "encode"): _codecs.encode,
     ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,

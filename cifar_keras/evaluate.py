@@ -2,12 +2,11 @@
 
 import numpy as np
 
+from cifar_keras.data import Split
+from cifar_keras.pipeline import make_dataset
+
 
 def predict_probabilities(model, images, batch_size=500):
-    from cifar_keras.pipeline import make_dataset
-
-    from cifar_keras.data import Split
-
     dummy = np.zeros(len(images), dtype=np.int64)
     ds = make_dataset(Split(images, dummy, dummy), batch_size).map(lambda x, y: x)
     return np.asarray(model.predict(ds, verbose=0), dtype=np.float64)

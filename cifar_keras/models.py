@@ -5,12 +5,14 @@ and ends in a float32 softmax over the 100 fine classes.
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
 from cifar_keras.data import MEAN, NUM_CLASSES, STD
+from cifar_keras.errors import UserError
 
 
 def normalise(inputs):
@@ -146,8 +148,19 @@ MODELS = {
 
 
 def get_spec(name):
-    from cifar_keras.errors import UserError
-
     if name not in MODELS:
         raise UserError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
     return MODELS[name]
+
+
+def load_keras_model(path):
+    """A saved .keras model, uncompiled; one-line errors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: model file not found")
+    if path.suffix != ".keras":
+        raise UserError(f"{path}: expected a .keras model file")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # zip, h5 and config errors all land here
+        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None

@@ -44,7 +44,7 @@ def load_predictor(model_path):
         labels = path / "assets.extra" / "labels.txt"
         names = labels.read_text().splitlines() if labels.is_file() else list(FINE_NAMES)
         return (lambda pixels: serve(pixels=tf.constant(pixels, tf.float32))["probabilities"].numpy()), names
-    from cifar_keras.cli import load_keras_model
+    from cifar_keras.models import load_keras_model
 
     model = load_keras_model(path)
     return (lambda pixels: model.predict(pixels.astype(np.float32), verbose=0)), list(FINE_NAMES)

@@ -7,6 +7,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cifar_keras.errors import UserError
+
 
 def cpu_model():
     try:
@@ -80,8 +82,6 @@ def write(path, record):
 
 
 def read(path):
-    from cifar_keras.errors import UserError
-
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:

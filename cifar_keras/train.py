@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from cifar_keras import data, models, records
+from cifar_keras.errors import UserError
 from cifar_keras.evaluate import evaluate_model
 from cifar_keras.pipeline import make_dataset
 
@@ -54,8 +55,6 @@ def read_hparams(path, model_name):
     """The `hparams` of a best_hparams.json written by `tune`, checked against the model's recipe."""
     import inspect
 
-    from cifar_keras.errors import UserError
-
     content = records.read(path)
     hparams = content.get("hparams") if isinstance(content, dict) else None
     if not isinstance(hparams, dict):
@@ -84,8 +83,6 @@ def data_parallel(kind):
     """
     if kind == "none":
         return contextlib.nullcontext, 1
-    from cifar_keras.errors import UserError
-
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -207,8 +204,6 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
     val_ds = make_dataset(val, 500)
     steps_per_epoch = len(train) // scaled["batch_size"]
     if steps_per_epoch == 0:
-        from cifar_keras.errors import UserError
-
         raise UserError(f"global batch {scaled['batch_size']} is larger than the {len(train)} training images")
     pipeline_ips = pipeline_throughput(train_ds)
 
