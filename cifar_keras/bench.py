@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -24,7 +23,7 @@ def measure(model_name, precision, batch_size, steps, warmup):
     from cifar_keras import models
     from cifar_keras.data import Split
     from cifar_keras.pipeline import make_dataset
-    from cifar_keras.train import compile_model, make_config, pipeline_throughput, resolve_precision
+    from cifar_keras.train import compile_model, make_config, pipeline_throughput, resolve_precision, train_throughput
 
     policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
@@ -36,12 +35,9 @@ def measure(model_name, precision, batch_size, steps, warmup):
     model = models.get_spec(model_name).build()
     compile_model(model, config, steps + warmup)
     dataset = make_dataset(split, batch_size, training=True)
-    model.fit(dataset.take(warmup), epochs=1, verbose=0)
-    start = time.perf_counter()
-    model.fit(dataset.skip(warmup), epochs=1, verbose=0)
-    seconds = time.perf_counter() - start
+    images_per_s = train_throughput(model, dataset, batch_size, steps, warmup)
     return {"backend": keras.backend.backend(), "precision": policy,
-            "train_images_per_s": round(batch_size * steps / seconds, 1),
+            "train_images_per_s": round(images_per_s, 1),
             "pipeline_images_per_s": round(pipeline_throughput(dataset), 1)}
 
 

@@ -25,6 +25,18 @@ def non_negative_float(text):
     return value
 
 
+def budget(text):
+    if text == "recipe":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be 'recipe' or a positive number of minutes, got {text!r}")
+    return value
+
+
 def add_data_dir(parser):
     parser.add_argument("--data-dir", help="folder holding cifar-100-python/ or cifar-100-python.tar.gz "
                         "(default: $CIFAR100_DATA_DIR, else the Keras cache, else download)")
@@ -56,13 +68,15 @@ def build_parser():
     fit.add_argument("--val-size", type=positive_int, help="validation images carved from train (default 5000)")
     fit.add_argument("--patience", type=int, help="stop after N epochs without validation gain (default: off)")
     fit.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
-                     help="auto (default): bfloat16 on CPUs with AVX512-BF16/AMX, float16 on GPUs, else float32")
+                     help="auto (default): bfloat16 on CPUs with AMX, float16 on GPUs, else float32")
     fit.add_argument("--hparams", help="tuned hyperparameters (default: tuning/MODEL/best_hparams.json if it "
                      "exists; 'none' for the built-in recipe); flags still override them")
     fit.add_argument("--distribute", choices=("none", "mirrored"),
                      help="mirrored: synchronous data parallelism over this machine's devices (TensorFlow: "
                      "MirroredStrategy over the GPUs; JAX: DataParallel); batch size and learning rate are per "
                      "replica and scale with the replica count (default: none)")
+    fit.add_argument("--no-test", dest="test_set", action="store_false", default=None,
+                     help="judge on validation only and leave the test set unseen (ablations, recipe studies)")
     fit.add_argument("--output-dir", default="saved_models", help="where the model and records go (default: saved_models)")
     fit.add_argument("--name", help="file name stem of the outputs (default: the model name)")
     add_data_dir(fit)
@@ -111,6 +125,11 @@ def build_parser():
     tune.add_argument("--val-size", type=positive_int, default=5000)
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    tune.add_argument("--budget", type=budget,
+                      help="cost-aware search (random/bayesian): each trial measures its training speed and trains "
+                      "as many epochs as a full run could in MINUTES, or in the time the built-in recipe takes on "
+                      "this machine ('recipe'), on its subset's share of that time; the best trial's epochs go "
+                      "into best_hparams.json (default: off, every trial trains --epochs)")
     tune.add_argument("--tuning-dir", default="tuning", help="folder of the search results (default: tuning)")
     add_data_dir(tune)
 
@@ -146,7 +165,8 @@ def run_fit(args, argv):
 
     options = {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "weight_decay",
                                              "label_smoothing", "warmup_epochs", "crop_pad", "cutout_size", "flip", "tta",
-                                             "seed", "train_size", "val_size", "patience", "precision", "distribute")}
+                                             "seed", "train_size", "val_size", "patience", "precision", "distribute",
+                                             "test_set")}
     hparams_file = args.hparams
     if hparams_file is None and Path(f"tuning/{args.model}/best_hparams.json").is_file():
         hparams_file = f"tuning/{args.model}/best_hparams.json"
@@ -157,10 +177,10 @@ def run_fit(args, argv):
     config["hparams_file"] = hparams_file
     record = train.fit(config, data_dir=args.data_dir, output_dir=args.output_dir, name=args.name,
                        command=command_line(argv))
-    test = record["test"]
-    print(f"{record['name']}: test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  "
-          f"superclass {test['superclass']:.2f}%  ({record['train_wall_time_s']:.0f} s training) "
-          f"-> {record['files']['model']}")
+    test, val = record["test"], record["val"]
+    scores = (f"test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  superclass {test['superclass']:.2f}%"
+              if test else f"val top-1 {val['top1']:.2f}% (test set not used)")
+    print(f"{record['name']}: {scores}  ({record['train_wall_time_s']:.0f} s training) -> {record['files']['model']}")
 
 
 def run_evaluate(args, argv):
@@ -189,7 +209,8 @@ def run_tune(args, argv):
     from cifar_keras.tune import tune
 
     best, trials = tune(args.model, args.tuner, args.max_trials, args.epochs, args.max_epochs, args.train_size,
-                        args.val_size, args.seed, args.precision, args.data_dir, args.tuning_dir, command_line(argv))
+                        args.val_size, args.seed, args.precision, args.data_dir, args.tuning_dir, command_line(argv),
+                             args.budget)
     print(f"{len(trials)} trials; best validation accuracy {100 * best['val_accuracy']:.2f}% -> "
           f"{Path(args.tuning_dir) / args.model / 'best_hparams.json'}")
 

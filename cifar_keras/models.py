@@ -93,15 +93,15 @@ def with_flip_tta(model):
 
 
 def mlp_space(hp):
-    """KerasTuner search space of the MLP, as overrides of its default recipe."""
+    """KerasTuner search space of the MLP, as overrides of its default recipe (the defaults are that recipe)."""
     return {
-        "model_args": {"hidden": [hp.Choice("hidden1", [512, 1024, 1536, 2048]),
-                                  hp.Choice("hidden2", [256, 512, 768, 1024])],
-                       "dropout": hp.Float("dropout", 0.0, 0.5, step=0.1)},
-        "learning_rate": hp.Float("learning_rate", 3e-4, 5e-3, sampling="log"),
-        "weight_decay": hp.Float("weight_decay", 1e-3, 0.2, sampling="log"),
-        "label_smoothing": hp.Float("label_smoothing", 0.0, 0.3, step=0.1),
-        "batch_size": hp.Choice("batch_size", [128, 256, 512]),
+        "model_args": {"hidden": [hp.Choice("hidden1", [512, 1024, 1536, 2048], default=1536),
+                                  hp.Choice("hidden2", [256, 512, 768, 1024], default=768)],
+                       "dropout": hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.3)},
+        "learning_rate": hp.Float("learning_rate", 3e-4, 5e-3, sampling="log", default=2e-3),
+        "weight_decay": hp.Float("weight_decay", 1e-3, 0.2, sampling="log", default=0.05),
+        "label_smoothing": hp.Float("label_smoothing", 0.0, 0.3, step=0.1, default=0.1),
+        "batch_size": hp.Choice("batch_size", [128, 256, 512], default=256),
     }
 
 
@@ -109,7 +109,8 @@ CNN_WIDTHS = {"narrow": [64, 192, 384], "base": [96, 256, 512], "wide": [96, 384
 
 
 def cnn_space(hp):
-    """KerasTuner search space of the CNN: width, depth, optimisation and augmentation strength."""
+    """KerasTuner search space of the CNN: width, depth, optimisation and augmentation strength
+    (the defaults are its built-in recipe)."""
     return {
         "model_args": {"widths": CNN_WIDTHS[hp.Choice("width", list(CNN_WIDTHS), default="base")],
                        "depth": hp.Int("depth", 1, 2, default=1)},

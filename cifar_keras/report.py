@@ -16,8 +16,8 @@ def load_fit_records(folder):
     found = []
     for path in sorted(Path(folder).glob("*.json")):
         record = records.read(path)
-        if not isinstance(record, dict) or record.get("kind") != "fit":
-            continue
+        if not isinstance(record, dict) or record.get("kind") != "fit" or record.get("test", {}) is None:
+            continue  # fit records without a test score are recipe studies (see ablation_table)
         try:
             row = table_row(record)
         except (KeyError, TypeError, ValueError) as e:
@@ -129,10 +129,11 @@ def bench_table(path):
     record = records.read(path)
     try:
         hardware = record["hardware"]
+        features = ", ".join(hardware.get("cpu_features", [])) or "not recorded"
         lines = [f"Training throughput of `{record['model']}` (batch {record['batch_size']}, {record['steps']} timed "
-                 f"steps after {record['warmup']} warm-up steps) on {hardware['cpu']} ({hardware['cores']} cores), "
-                 f"measured side by side by `{record['command']}` ({path.as_posix()}):", "",
-                 "| Backend | Precision | Train images/s | Input pipeline images/s |", "|---|---|---|---|"]
+                 f"steps after {record['warmup']} warm-up steps) on {hardware['cpu']} ({hardware['cores']} cores; "
+                 f"CPU features: {features}), measured side by side by `{record['command']}` ({path.as_posix()}):",
+                 "", "| Backend | Precision | Train images/s | Input pipeline images/s |", "|---|---|---|---|"]
         for r in record["results"]:
             if "error" in r:
                 lines.append(f"| {r['backend']} | {r['precision']} | failed: {r['error']} | |")
@@ -142,6 +143,36 @@ def bench_table(path):
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: malformed bench record ({type(e).__name__}: {e})") from None
     return "\n".join(lines)
+
+
+def ablation_table(folder, reference="reference"):
+    """Validation scores of recipe variants, each against the `reference` run's config, or ''."""
+    paths = sorted(Path(folder).glob("*.json"))
+    runs = {path: records.read(path) for path in paths}
+    base = next((r for r in runs.values() if isinstance(r, dict) and r.get("name") == reference), None)
+    if base is None:
+        return ""
+    lines = []
+    ignored = {"hparams_file", "test_set"}
+    for path, record in sorted(runs.items(), key=lambda item: item[1].get("name") != reference):
+        try:
+            changed = [f"{k}={record['config'][k]}" for k in sorted(record["config"])
+                       if k not in ignored and record["config"][k] != base["config"].get(k)]
+            delta = float(record["val"]["top1"]) - float(base["val"]["top1"])
+            lines.append(f"| `{record['name']}` | {', '.join(changed) or '(reference)'} | "
+                         f"{float(record['val']['top1']):.2f} % | {delta:+.2f} | {int(record['epochs'])} | "
+                         f"{float(record['train_wall_time_s']) / 60:.1f} min | "
+                         f"{float(record['throughput']['train_images_per_s']):.0f} | {record['precision']} |")
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path}: malformed run record ({type(e).__name__}: {e})") from None
+    hardware = base["hardware"]
+    head = [f"Recipe ablations of `{base['model']}` ({folder.as_posix() if isinstance(folder, Path) else folder}): "
+            f"{base['train_images']} training images, scored on {base['val_images']} validation images (the test "
+            f"set is not used), on {hardware['cpu']} ({hardware['cores']} cores). Each row changes what its second "
+            f"column says from `{reference}`: `{base['command']}`.", "",
+            "| Run | Change | Val top-1 | Δ val | Epochs | Training wall time | Train images/s | Precision |",
+            "|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + lines)
 
 
 def minutes(seconds):
@@ -183,7 +214,9 @@ def update_readme(readme, records_dir, analysis=None):
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     tuning = tuning_tables(Path(readme).parent / "tuning")
-    sections = [results_table(load_fit_records(records_dir)), bench_table(Path(records_dir) / "bench.json"),
+    benches = [bench_table(path) for path in sorted(Path(records_dir).glob("bench*.json"))]
+    sections = [results_table(load_fit_records(records_dir)), *benches,
+                ablation_table(Path(records_dir) / "ablations"),
                 f"Hyperparameter searches (`tuning/`):\n\n{tuning}" if tuning else "", analysis]
     body = "\n\n".join(section for section in sections if section)
     new = f"{head}{BEGIN}\n{body}\n{END}{tail}"

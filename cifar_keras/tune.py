@@ -3,6 +3,13 @@
 The objective is accuracy on the validation split carved from the training set; the test
 set is never touched. The tuner's working folder (tuning/<model>/search/, git-ignored)
 lets an interrupted search continue where it stopped.
+
+With a time budget (`budget`), every trial is a scaled-down copy of a full run that would
+take that long: its throughput is measured first, and it trains for as many epochs as the
+full training set would allow in the budget. Slow, wide nets then get fewer epochs than
+fast, narrow ones, so the search ranks recipes by accuracy at equal CPU cost. The budget is
+minutes, or "recipe": the time the built-in recipe takes on this machine, which keeps the
+found epochs meaningful on other machines too.
 """
 
 import json
@@ -14,8 +21,9 @@ import keras
 import keras_tuner
 
 from cifar_keras import data, models, records
+from cifar_keras.errors import UserError
 from cifar_keras.pipeline import make_dataset
-from cifar_keras.train import compile_model, make_config, precision_policy
+from cifar_keras.train import compile_model, make_config, precision_policy, train_throughput
 
 TUNERS = ("random", "hyperband", "bayesian")
 
@@ -26,6 +34,7 @@ class CifarHyperModel(keras_tuner.HyperModel):
     def __init__(self, model_name, train_split, **overrides):
         super().__init__(name=model_name)
         self.model_name, self.train_split, self.overrides = model_name, train_split, overrides
+        self.budget_s = None  # seconds per trial, when the search is cost-aware (see `tune`)
         self.space = models.get_spec(model_name).space
 
     def config(self, hp):
@@ -42,18 +51,53 @@ class CifarHyperModel(keras_tuner.HyperModel):
         compile_model(model, config, len(self.train_split) // config["batch_size"])
         return model
 
+    def train_dataset(self, config):
+        augment = {k: config[k] for k in ("crop_pad", "flip", "cutout_size")}
+        return make_dataset(self.train_split, config["batch_size"], training=True, seed=config["seed"], **augment)
+
     def fit(self, hp, model, *args, **kwargs):
         config = self.config(hp)
-        train_ds = make_dataset(self.train_split, config["batch_size"], training=True, seed=config["seed"],
-                                crop_pad=config["crop_pad"], flip=config["flip"], cutout_size=config["cutout_size"])
-        return model.fit(train_ds, *args, verbose=2 if not sys.stdout.isatty() else 1, **kwargs)
+        train_ds = self.train_dataset(config)
+        verbose = 2 if not sys.stdout.isatty() else 1
+        if not self.budget_s:
+            return model.fit(train_ds, *args, verbose=verbose, **kwargs)
+
+        images_per_s = self.throughput(hp)
+        epochs = budget_epochs(self.budget_s, images_per_s, len(self.train_split))
+        compile_model(model, {**config, "epochs": epochs}, len(self.train_split) // config["batch_size"])
+        # Validating once, after the last epoch, keeps the trials' cost on training.
+        history = model.fit(train_ds, *args, verbose=verbose, **{**kwargs, "epochs": epochs, "validation_freq": epochs})
+        return {"val_accuracy": history.history["val_accuracy"][-1], "epochs": float(epochs),
+                "train_images_per_s": images_per_s}
+
+    def throughput(self, hp):
+        """Training images/s of `hp`'s recipe, timed on a throw-away model (the trial's starts fresh)."""
+        config = self.config(hp)
+        return train_throughput(self.build(hp), self.train_dataset(config), config["batch_size"], steps=8)
+
+
+def budget_epochs(budget_s, images_per_s, train_images):
+    """The whole number of epochs of `train_images` nearest to `budget_s` seconds at `images_per_s` (at least one)."""
+    return max(1, round(budget_s * images_per_s / train_images))
+
+
+class RecipeFirstOracle(keras_tuner.oracles.RandomSearchOracle):
+    """Random search whose first trial is the space's defaults, i.e. the model's built-in recipe,
+    so the search reports how the recipe `fit` uses compares with what it found."""
+
+    def populate_space(self, trial_id):
+        if not self.trials:
+            return {"status": "RUNNING", "values": {hp.name: hp.default for hp in self.hyperparameters.space}}
+        return super().populate_space(trial_id)
 
 
 def make_tuner(kind, hypermodel, directory, max_trials, max_epochs, seed):
     common = dict(objective=keras_tuner.Objective("val_accuracy", "max"), directory=str(directory),
                   project_name="search", overwrite=False, seed=seed)
     if kind == "random":
-        return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)
+        objective, seed = common.pop("objective"), common.pop("seed")
+        oracle = RecipeFirstOracle(objective=objective, max_trials=max_trials, seed=seed)
+        return keras_tuner.Tuner(oracle, hypermodel, **common)
     if kind == "bayesian":
         return keras_tuner.BayesianOptimization(hypermodel, max_trials=max_trials, **common)
     tuner = keras_tuner.Hyperband(hypermodel, max_epochs=max_epochs, factor=3, **common)
@@ -62,18 +106,38 @@ def make_tuner(kind, hypermodel, directory, max_trials, max_epochs, seed):
     return tuner
 
 
+def full_run_budget(hypermodel, budget, full_train_images):
+    """The budget of a full training run in minutes; for "recipe", timed on the built-in recipe."""
+    if budget != "recipe":
+        return {"budget_minutes": float(budget)}
+    defaults = keras_tuner.HyperParameters()
+    hypermodel.space(defaults)  # registers every hyperparameter at its default: the built-in recipe
+    recipe_epochs = make_config(hypermodel.model_name)["epochs"]
+    images_per_s = hypermodel.throughput(defaults)
+    return {"budget_minutes": round(recipe_epochs * full_train_images / images_per_s / 60, 2), "of": "recipe",
+            "recipe_epochs": recipe_epochs, "recipe_images_per_s": round(images_per_s, 1)}
+
+
 def trial_summary(tuner):
     trials = []
     for trial in tuner.oracle.trials.values():
         values = {k: v for k, v in trial.hyperparameters.values.items()}
+        # Budgeted trials also report the epochs their budget allowed and their measured speed.
+        measured = {name: trial.metrics.get_last_value(name) for name in ("epochs", "train_images_per_s")
+                    if trial.metrics.exists(name)}
         trials.append({"trial_id": trial.trial_id, "status": trial.status,
-                       "val_accuracy": trial.score, "hyperparameters": values})
+                       "val_accuracy": trial.score, "hyperparameters": values, **measured})
     return sorted(trials, key=lambda t: int(t["trial_id"]))
 
 
 def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, train_size=None, val_size=5000,
-         seed=0, precision="auto", data_dir=None, tuning_dir="tuning", command=None):
-    """Run (or continue) a search; write trials.json, best_hparams.json and a run record."""
+         seed=0, precision="auto", data_dir=None, tuning_dir="tuning", command=None, budget=None):
+    """Run (or continue) a search; write trials.json, best_hparams.json and a run record.
+
+    budget: None (every trial trains `epochs`), minutes of a full training run, or "recipe".
+    """
+    if budget is not None and kind == "hyperband":
+        raise UserError("--budget sets each trial's epochs itself: use --tuner random or bayesian")
     started = time.perf_counter()
     keras.utils.set_random_seed(seed)
     dataset = data.load(data_dir)
@@ -86,21 +150,29 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, tr
     earlier = records.read(folder / "search.json") if (folder / "search.json").is_file() else None
     # Wall time accumulates over resumed runs; unknown if earlier runs left no record.
     earlier_time = earlier.get("search_wall_time_s") if earlier else (0.0 if not tuner.oracle.trials else None)
+    cost = {}
     with precision_policy(precision) as policy:
+        if budget is not None:
+            cost = full_run_budget(hypermodel, budget, len(dataset.train) - len(val))
+            # A trial on a subset gets the subset's share of the budget: as many epochs as the full run.
+            hypermodel.budget_s = 60 * cost["budget_minutes"] * len(train) / (len(dataset.train) - len(val))
         if len(completed) < max_trials:  # a finished search only rewrites its summaries
             tuner.search(validation_data=make_dataset(val, 500), epochs=epochs)
 
     best_hp = tuner.get_best_hyperparameters(1)[0]
     best_trial = tuner.oracle.get_best_trials(1)[0]
     overrides = hypermodel.space(best_hp)
-    best = {"model": model_name, "val_accuracy": best_trial.score, "trial_id": best_trial.trial_id,
-            "hparams": overrides}
     trials = trial_summary(tuner)
+    if budget is not None:  # the full run trains as many epochs as the winner's trial did
+        overrides["epochs"] = int(next(t for t in trials if t["trial_id"] == best_trial.trial_id)["epochs"])
+    best = {"model": model_name, "val_accuracy": best_trial.score, "trial_id": best_trial.trial_id,
+            **({"budget": cost} if cost else {}), "hparams": overrides}
     (folder / "best_hparams.json").write_text(json.dumps(best, indent=2) + "\n")
     (folder / "trials.json").write_text(json.dumps(trials, indent=2) + "\n")
     records.write(folder / "search.json", {
         "kind": "tune", "model": model_name, "tuner": kind, "command": command,
-        "max_trials": max_trials, "epochs": epochs, "max_epochs": max_epochs, "train_images": len(train),
+        "max_trials": max_trials, "epochs": epochs, "max_epochs": max_epochs, "budget": cost or None,
+        "train_images": len(train),
         "val_images": len(val), "seed": seed, "precision": policy, "trials": len(trials),
         "run_wall_time_s": round(time.perf_counter() - started, 1),
         "search_wall_time_s": None if earlier_time is None else round(earlier_time + time.perf_counter() - started, 1),

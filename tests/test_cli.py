@@ -118,3 +118,15 @@ def test_bad_option_value_is_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["fit", "cnn", "--epochs", "-3"])
     assert exit_info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+
+
+def test_no_test_leaves_the_test_set_unseen(data_root, tmp_path, monkeypatch, capsys):
+    scored = []
+    evaluate = train.evaluate_model
+    monkeypatch.setattr(train, "evaluate_model", lambda model, split, *a: scored.append(len(split)) or evaluate(model, split, *a))
+    argv = ["fit", "mlp", *QUICK, "--epochs", "1", "--no-test", "--data-dir", str(data_root), "--output-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    record = json.loads((tmp_path / "mlp.json").read_text())
+    assert scored == [100]  # the validation split only, never the 200 test images
+    assert record["test"] is None and record["config"]["test_set"] is False
+    assert "test set not used" in capsys.readouterr().out

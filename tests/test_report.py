@@ -120,3 +120,24 @@ def test_tuning_trials_table_best_first(project):
     report.update_readme(readme, records)
     rows = [line for line in readme.read_text().splitlines() if line.startswith("| 0 ") or line.startswith("| 1 ")]
     assert rows == ["| 1 | 30.00 % | 4 | 0.3 |", "| 0 | 20.00 % | 4 | 0.1 |"]
+
+
+def ablation_record(name, top1, **config):
+    record = fit_record(name, "cnn", 0.0, 4)
+    config = {"crop_pad": 4, "flip": True, "label_smoothing": 0.2, "seed": 0, "hparams_file": None, **config}
+    return {**record, "test": None, "val": {"top1": top1}, "config": config, "train_images": 10000, "val_images": 5000}
+
+
+def test_ablations_are_compared_with_the_reference_on_validation(project):
+    readme, records = project
+    folder = records / "ablations"
+    folder.mkdir()
+    (folder / "reference.json").write_text(json.dumps(ablation_record("reference", 50.0)))
+    (folder / "no_aug.json").write_text(json.dumps(ablation_record("no_aug", 41.5, crop_pad=0, flip=False)))
+    (records / "study.json").write_text(json.dumps(ablation_record("study", 1.0)))  # no test score: not in the table
+    report.update_readme(readme, records)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| `")]
+    assert [row.split(" | ")[0] for row in rows] == ["| `mlp`", "| `cnn`", "| `reference`", "| `no_aug`"]
+    assert rows[2].startswith("| `reference` | (reference) | 50.00 % | +0.00 |")
+    assert rows[3].startswith("| `no_aug` | crop_pad=0, flip=False | 41.50 % | -8.50 |")
+    assert "10000 training images, scored on 5000 validation images" in readme.read_text()

@@ -79,3 +79,57 @@ def test_invalid_hparams_file_is_a_clear_error(content, message, tmp_path):
     with pytest.raises(UserError, match=message) as error:
         train.read_hparams(path, "mlp")
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_search_space_defaults_are_the_built_in_recipe(model):
+    import inspect
+
+    import keras_tuner
+
+    from cifar_keras import models
+
+    spec, hp = models.get_spec(model), keras_tuner.HyperParameters()
+    found = train.make_config(model, hparams=spec.space(hp))
+    recipe = train.make_config(model)
+    builder = {k: p.default for k, p in inspect.signature(spec.build).parameters.items()}
+    for key, value in found.pop("model_args").items():
+        assert list(value) == list(builder[key]) if isinstance(value, (list, tuple)) else value == builder[key]
+    recipe.pop("model_args")
+    assert found == recipe
+
+
+def test_budget_epochs_is_the_nearest_whole_number_that_fits():
+    assert tune.budget_epochs(60, 100, 1000) == 6  # 6000 images in a minute: six epochs of 1000
+    assert tune.budget_epochs(60, 124, 1000) == 7
+    assert tune.budget_epochs(1, 100, 1000) == 1  # never less than one epoch
+
+
+def test_budgeted_search_starts_from_the_recipe_and_sizes_epochs_by_speed(data_root, tmp_path):
+    import keras_tuner
+
+    from cifar_keras import data, models
+
+    best, trials = search(data_root, tmp_path, "random", "--budget", "recipe")
+    recipe = keras_tuner.HyperParameters()
+    models.mlp_space(recipe)
+    assert trials[0]["hyperparameters"] == recipe.values  # the built-in recipe is trial 0
+    assert trials[1]["hyperparameters"] != recipe.values
+    record = json.loads((tmp_path / "mlp" / "search.json").read_text())
+    assert record["budget"]["of"] == "recipe" and record["budget"]["recipe_epochs"] == 40
+    full_train = len(data.load(data_root).train) - 100
+    trial_s = 60 * record["budget"]["budget_minutes"] * 300 / full_train
+    for trial in trials:
+        assert trial["epochs"] == tune.budget_epochs(trial_s, trial["train_images_per_s"], 300)
+    assert best["hparams"]["epochs"] == next(t["epochs"] for t in trials if t["trial_id"] == best["trial_id"])
+    assert best["budget"] == record["budget"]
+
+
+def test_budget_needs_a_tuner_that_lets_trials_set_their_epochs(data_root, tmp_path, capsys):
+    argv = ["tune", "mlp", "--tuner", "hyperband", "--budget", "10", *TINY, "--data-dir", str(data_root),
+            "--tuning-dir", str(tmp_path)]
+    assert cli.main(argv) == 2
+    assert "--budget sets each trial's epochs itself" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["tune", "mlp", "--budget", "soon"])
+    assert "must be 'recipe' or a positive number of minutes" in capsys.readouterr().err
