@@ -182,22 +182,27 @@ def minutes(seconds):
 def tuning_tables(tuning_dir):
     """Per searched model: the search's command and budget, and its trials best first."""
     sections = []
-    for search in sorted(Path(tuning_dir).glob("*/search.json")):
+    for search in sorted(Path(tuning_dir).rglob("search.json")):
         record = records.read(search)
         trials_path = search.parent / "trials.json"
         try:
             trials = [t for t in records.read(trials_path) if t["val_accuracy"] is not None]
             trials.sort(key=lambda t: -t["val_accuracy"])
             names = sorted({k for t in trials for k in t["hyperparameters"] if not k.startswith("tuner/")})
-            lines = [f"`{record['model']}`: {record['tuner']} search, {record['trials']} trials on "
+            budget = record.get("budget") or {}
+            cost = (f", each trial given its share of a {budget['budget_minutes']:.0f}-minute full run"
+                    + (" (the built-in recipe's time)" if budget.get("of") == "recipe" else "") if budget else "")
+            lines = [f"`{record['model']}` (`{search.parent.as_posix()}/`): {record['tuner']} search, "
+                     f"{record['trials']} trials on "
                      f"{record['train_images']} training images, scored on {record['val_images']} validation "
-                     f"images, {minutes(record.get('search_wall_time_s'))} on {record['hardware']['cpu']} "
+                     f"images{cost}, {minutes(record.get('search_wall_time_s'))} on {record['hardware']['cpu']} "
                      f"({record['hardware']['cores']} cores): `{record['command']}`", "",
                      "| Trial | Val top-1 | Epochs | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
             for t in trials:
                 hp = t["hyperparameters"]
                 values = [f"{hp[n]:.3g}" if isinstance(hp.get(n), float) else str(hp.get(n, "")) for n in names]
-                lines.append(f"| {t['trial_id']} | {100 * t['val_accuracy']:.2f} % | {hp.get('tuner/epochs', record['epochs'])} | "
+                epochs = int(t.get("epochs") or hp.get("tuner/epochs", record["epochs"]))
+                lines.append(f"| {t['trial_id']} | {100 * t['val_accuracy']:.2f} % | {epochs} | "
                              + " | ".join(values) + " |")
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{trials_path}: malformed trials summary ({type(e).__name__}: {e})") from None

@@ -130,3 +130,17 @@ def test_no_test_leaves_the_test_set_unseen(data_root, tmp_path, monkeypatch, ca
     assert scored == [100]  # the validation split only, never the 200 test images
     assert record["test"] is None and record["config"]["test_set"] is False
     assert "test set not used" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, gpus, policy", [
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, [], "mixed_bfloat16"),
+    ({"avx2", "avx512f", "avx512_bf16"}, [], "float32"),  # bfloat16 without AMX trains slower (bench_no_amx.json)
+    ({"avx2"}, ["GPU 0"], "mixed_float16"),
+])
+def test_auto_precision_follows_the_hardware(flags, gpus, policy, monkeypatch):
+    from cifar_keras import records
+
+    monkeypatch.setattr(records, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(records, "gpus", lambda: gpus)
+    assert train.resolve_precision("auto") == policy
+    assert train.resolve_precision("float32") == "float32"

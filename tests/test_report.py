@@ -121,6 +121,17 @@ def test_tuning_trials_table_best_first(project):
     rows = [line for line in readme.read_text().splitlines() if line.startswith("| 0 ") or line.startswith("| 1 ")]
     assert rows == ["| 1 | 30.00 % | 4 | 0.3 |", "| 0 | 20.00 % | 4 | 0.1 |"]
 
+    # A cost-aware search in a nested folder: each trial shows the epochs its budget allowed.
+    nested = readme.parent / "tuning" / "budget" / "mlp"
+    nested.mkdir(parents=True)
+    budget = {"budget_minutes": 68.2, "of": "recipe", "recipe_epochs": 40, "recipe_images_per_s": 100.0}
+    (nested / "search.json").write_text(json.dumps({**search, "budget": budget}))
+    (nested / "trials.json").write_text(json.dumps([{**trials[0], "epochs": 12.0}, {**trials[1], "epochs": 31.0}]))
+    report.update_readme(readme, records)
+    text = readme.read_text()
+    assert "each trial given its share of a 68-minute full run (the built-in recipe's time)" in text
+    assert "| 1 | 30.00 % | 31 | 0.3 |" in text and "| 0 | 20.00 % | 12 | 0.1 |" in text
+
 
 def ablation_record(name, top1, **config):
     record = fit_record(name, "cnn", 0.0, 4)
