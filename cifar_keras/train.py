@@ -153,9 +153,9 @@ def pipeline_throughput(dataset, batches=40):
 def train_throughput(model, dataset, batch_size, steps=5, warmup=2):
     """Images/s of fit() steps of a compiled model, timed after `warmup` untimed steps (compilation)."""
     dataset = dataset.repeat()  # a small split may hold fewer batches than warm-up plus timed steps
-    model.fit(dataset.take(warmup), epochs=1, verbose=0)
+    model.fit(dataset.take(warmup), epochs=1, verbose=0, shuffle=False)
     start = time.perf_counter()
-    model.fit(dataset.skip(warmup).take(steps), epochs=1, verbose=0)
+    model.fit(dataset.skip(warmup).take(steps), epochs=1, verbose=0, shuffle=False)
     return batch_size * steps / (time.perf_counter() - start)
 
 
@@ -185,9 +185,9 @@ def train_model(spec, config, scaled, scope, steps_per_epoch, train_ds, val_ds, 
                  keras.callbacks.BackupAndRestore(paths["backup"]), *extra_callbacks]
     if config["patience"]:
         callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=config["patience"]))
-    with scope():
+    with scope():  # the pipeline shuffles; fit's own shuffle does not apply to a tf.data.Dataset
         model.fit(train_ds, validation_data=val_ds, epochs=config["epochs"], callbacks=callbacks,
-                  verbose=1 if sys.stdout.isatty() else 2)
+                  verbose=1 if sys.stdout.isatty() else 2, shuffle=False)
     if config["distribute"] != "none" and keras.backend.backend() == "jax":
         keras.distribution.set_distribution(None)
 

@@ -59,6 +59,7 @@ class CifarHyperModel(keras_tuner.HyperModel):
         config = self.config(hp)
         train_ds = self.train_dataset(config)
         verbose = 2 if not sys.stdout.isatty() else 1
+        kwargs = {"shuffle": False, **kwargs}  # the pipeline shuffles
         if not self.budget_s:
             return model.fit(train_ds, *args, verbose=verbose, **kwargs)
 
