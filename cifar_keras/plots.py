@@ -22,7 +22,7 @@ def training_curves(logs, path):
             ax.plot(epochs, [scale * float(r[key]) for r in rows], "--", color=colour, label=f"{name} train")
             ax.plot(epochs, [scale * float(r[f"val_{key}"]) for r in rows], "-", color=colour, label=f"{name} val")
     acc_ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Accuracy")
-    loss_ax.set(xlabel="epoch", ylabel="loss (label-smoothed cross-entropy)", title="Loss")
+    loss_ax.set(xlabel="epoch", ylabel="loss (cross-entropy with the run's label smoothing)", title="Loss")
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -1,5 +1,6 @@
 """The one run-record writer: JSON files that every reported number comes from."""
 
+import csv
 import json
 import os
 import platform
@@ -79,6 +80,12 @@ def write(path, record):
     record = {"written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **record}
     path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def read_log(path):
+    """The per-epoch rows of a fit's CSV log (Keras' CSVLogger), as floats."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def read(path):

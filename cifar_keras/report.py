@@ -92,6 +92,10 @@ def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cn
         logs[path.name[: -len(".log.csv")]] = path
     curves = figures_dir / "training_curves.png"
     plots.training_curves(logs, curves)
+    ablation_logs = {path.name[: -len(".log.csv")]: path
+                     for path in sorted((Path(records_dir) / "ablations").glob("*.log.csv"))}
+    if ablation_logs:
+        plots.training_curves(ablation_logs, figures_dir / "ablation_curves.png")
     model_path = Path(records_dir) / f"{name}.keras"
     facts = model_figures(keras.saving.load_model(model_path), data.load(data_dir), figures_dir)
 
@@ -103,6 +107,7 @@ def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cn
 
     lines = [
         f"![Training curves]({link(curves)})",
+        *([f"![Ablation curves]({link(figures_dir / 'ablation_curves.png')})"] if ablation_logs else []),
         "",
         f"Test-set analysis of `{model_path.as_posix()}`:",
         "",
@@ -131,7 +136,7 @@ def bench_table(path):
         hardware = record["hardware"]
         features = ", ".join(hardware.get("cpu_features", [])) or "not recorded"
         lines = [f"Training throughput of `{record['model']}` (batch {record['batch_size']}, {record['steps']} timed "
-                 f"steps after {record['warmup']} warm-up steps) on {hardware['cpu']} ({hardware['cores']} cores; "
+                 f"steps after {record['warmup']} warm-up step{'' if record['warmup'] == 1 else 's'}) on {hardware['cpu']} ({hardware['cores']} cores; "
                  f"CPU features: {features}), measured side by side by `{record['command']}` ({path.as_posix()}):",
                  "", "| Backend | Precision | Train images/s | Input pipeline images/s |", "|---|---|---|---|"]
         for r in record["results"]:
@@ -143,6 +148,13 @@ def bench_table(path):
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: malformed bench record ({type(e).__name__}: {e})") from None
     return "\n".join(lines)
+
+
+def last_train_top1(log):
+    rows = records.read_log(log)
+    if not rows:
+        raise UserError(f"{log}: epoch log has no rows")
+    return f"{100 * rows[-1]['accuracy']:.2f} %"
 
 
 def ablation_table(folder, reference="reference"):
@@ -159,19 +171,22 @@ def ablation_table(folder, reference="reference"):
             changed = [f"{k}={record['config'][k]}" for k in sorted(record["config"])
                        if k not in ignored and record["config"][k] != base["config"].get(k)]
             delta = float(record["val"]["top1"]) - float(base["val"]["top1"])
+            log = path.with_name(f"{path.stem}.log.csv")
+            train_top1 = last_train_top1(log) if log.is_file() else "—"
             lines.append(f"| `{record['name']}` | {', '.join(changed) or '(reference)'} | "
-                         f"{float(record['val']['top1']):.2f} % | {delta:+.2f} | {int(record['epochs'])} | "
+                         f"{float(record['val']['top1']):.2f} % | {delta:+.2f} | {train_top1} | {int(record['epochs'])} | "
                          f"{float(record['train_wall_time_s']) / 60:.1f} min | "
                          f"{float(record['throughput']['train_images_per_s']):.0f} | {record['precision']} |")
         except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{path}: malformed run record ({type(e).__name__}: {e})") from None
+            raise UserError(f"{path}: malformed run record or log ({type(e).__name__}: {e})") from None
     hardware = base["hardware"]
     head = [f"Recipe ablations of `{base['model']}` ({folder.as_posix() if isinstance(folder, Path) else folder}): "
             f"{base['train_images']} training images, scored on {base['val_images']} validation images (the test "
             f"set is not used), on {hardware['cpu']} ({hardware['cores']} cores). Each row changes what its second "
-            f"column says from `{reference}`: `{base['command']}`.", "",
-            "| Run | Change | Val top-1 | Δ val | Epochs | Training wall time | Train images/s | Precision |",
-            "|---|---|---|---|---|---|---|---|"]
+            f"column says from `{reference}`: `{base['command']}`. Train top-1 is the last epoch's, on its "
+            f"training batches (augmented where the run augments): its gap to val top-1 shows how much a run overfits.", "",
+            "| Run | Change | Val top-1 | Δ val | Train top-1 | Epochs | Training wall time | Train images/s | Precision |",
+            "|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(head + lines)
 
 

@@ -1,7 +1,6 @@
 """`fit`: train a registered model on the training split, select on validation, test once, record."""
 
 import contextlib
-import csv
 import shutil
 import sys
 import time
@@ -159,11 +158,6 @@ def train_throughput(model, dataset, batch_size, steps=5, warmup=2):
     return batch_size * steps / (time.perf_counter() - start)
 
 
-def read_log(path):
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def run_paths(output_dir, name):
     output_dir = Path(output_dir)
     work = output_dir / ".work" / name
@@ -180,7 +174,7 @@ def train_model(spec, config, scaled, scope, steps_per_epoch, train_ds, val_ds, 
         paths["best"], monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True)
     if resuming and paths["log"].exists():
         # A resumed run must not overwrite the best checkpoint with a worse epoch.
-        checkpoint.best = max((row["val_accuracy"] for row in read_log(paths["log"])), default=-np.inf)
+        checkpoint.best = max((row["val_accuracy"] for row in records.read_log(paths["log"])), default=-np.inf)
     callbacks = [EpochTimer(), keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint,
                  keras.callbacks.BackupAndRestore(paths["backup"]), *extra_callbacks]
     if config["patience"]:
@@ -241,7 +235,7 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
     final.save(paths["model"])
     shutil.rmtree(paths["best"].parent, ignore_errors=True)
 
-    log = read_log(paths["log"])
+    log = records.read_log(paths["log"])
     best = max(log, key=lambda row: row["val_accuracy"])
     train_time = sum(row["train_time"] for row in log)
     record = {

@@ -81,11 +81,13 @@ def test_figures_and_analysis_are_written_and_stable(project, data_root, tmp_pat
     header = "epoch,accuracy,loss,val_accuracy,val_loss\n"
     (records / "cnn.log.csv").write_text(header + "0,0.1,4.0,0.12,3.9\n1,0.2,3.5,0.21,3.4\n")
     (records / "mlp.log.csv").write_text(header + "0,0.05,4.3,0.06,4.2\n")
+    (records / "ablations").mkdir()
+    (records / "ablations" / "reference.log.csv").write_text(header + "0,0.1,4.0,0.12,3.9\n")
     argv = ["report", "--readme", str(readme), "--records", str(records), "--figures", str(tmp_path / "docs"),
             "--data-dir", str(data_root)]
     assert cli.main(argv) == 0
     text = readme.read_text()
-    for name in ("training_curves", "superclass_confusion", "per_class_accuracy", "examples"):
+    for name in ("training_curves", "ablation_curves", "superclass_confusion", "per_class_accuracy", "examples"):
         assert f"(docs/{name}.png)" in text
         with Image.open(tmp_path / "docs" / f"{name}.png") as image:
             image.verify()
@@ -145,10 +147,20 @@ def test_ablations_are_compared_with_the_reference_on_validation(project):
     folder.mkdir()
     (folder / "reference.json").write_text(json.dumps(ablation_record("reference", 50.0)))
     (folder / "no_aug.json").write_text(json.dumps(ablation_record("no_aug", 41.5, crop_pad=0, flip=False)))
+    (folder / "no_aug.log.csv").write_text("epoch,accuracy\n0,0.5\n1,0.875\n")  # the reference has no log
     (records / "study.json").write_text(json.dumps(ablation_record("study", 1.0)))  # no test score: not in the table
     report.update_readme(readme, records)
     rows = [line for line in readme.read_text().splitlines() if line.startswith("| `")]
     assert [row.split(" | ")[0] for row in rows] == ["| `mlp`", "| `cnn`", "| `reference`", "| `no_aug`"]
-    assert rows[2].startswith("| `reference` | (reference) | 50.00 % | +0.00 |")
-    assert rows[3].startswith("| `no_aug` | crop_pad=0, flip=False | 41.50 % | -8.50 |")
+    assert rows[2].startswith("| `reference` | (reference) | 50.00 % | +0.00 | — |")
+    assert rows[3].startswith("| `no_aug` | crop_pad=0, flip=False | 41.50 % | -8.50 | 87.50 % |")
     assert "10000 training images, scored on 5000 validation images" in readme.read_text()
+
+
+def test_empty_ablation_log_names_the_file(project):
+    readme, records = project
+    (records / "ablations").mkdir()
+    (records / "ablations" / "reference.json").write_text(json.dumps(ablation_record("reference", 50.0)))
+    (records / "ablations" / "reference.log.csv").write_text("epoch,accuracy\n")
+    with pytest.raises(UserError, match=r"reference\.log\.csv: epoch log has no rows"):
+        report.update_readme(readme, records)
