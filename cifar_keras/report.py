@@ -79,6 +79,11 @@ def model_figures(model, dataset, out_dir, split=None):
     }
 
 
+def epoch_logs(folder):
+    """Run name -> its epoch log, for every `NAME.log.csv` in `folder`."""
+    return {path.name[: -len(".log.csv")]: path for path in sorted(Path(folder).glob("*.log.csv"))}
+
+
 def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cnn"):
     """Curves of every fit run, figures of the `name` model; the markdown that shows them in README."""
     import keras
@@ -87,13 +92,9 @@ def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cn
 
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    logs = {}
-    for path in sorted(Path(records_dir).glob("*.log.csv")):
-        logs[path.name[: -len(".log.csv")]] = path
     curves = figures_dir / "training_curves.png"
-    plots.training_curves(logs, curves)
-    ablation_logs = {path.name[: -len(".log.csv")]: path
-                     for path in sorted((Path(records_dir) / "ablations").glob("*.log.csv"))}
+    plots.training_curves(epoch_logs(records_dir), curves)
+    ablation_logs = epoch_logs(Path(records_dir) / "ablations")
     if ablation_logs:
         plots.training_curves(ablation_logs, figures_dir / "ablation_curves.png")
     model_path = Path(records_dir) / f"{name}.keras"
