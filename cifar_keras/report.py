@@ -161,6 +161,7 @@ def last_train_top1(log):
 def ablation_table(folder, reference="reference"):
     """Validation scores of recipe variants, each against the `reference` run's config, or ''."""
     paths = sorted(Path(folder).glob("*.json"))
+    logs = epoch_logs(folder)
     runs = {path: records.read(path) for path in paths}
     base = next((r for r in runs.values() if isinstance(r, dict) and r.get("name") == reference), None)
     if base is None:
@@ -172,8 +173,7 @@ def ablation_table(folder, reference="reference"):
             changed = [f"{k}={record['config'][k]}" for k in sorted(record["config"])
                        if k not in ignored and record["config"][k] != base["config"].get(k)]
             delta = float(record["val"]["top1"]) - float(base["val"]["top1"])
-            log = path.with_name(f"{path.stem}.log.csv")
-            train_top1 = last_train_top1(log) if log.is_file() else "—"
+            train_top1 = last_train_top1(logs[path.stem]) if path.stem in logs else "—"
             lines.append(f"| `{record['name']}` | {', '.join(changed) or '(reference)'} | "
                          f"{float(record['val']['top1']):.2f} % | {delta:+.2f} | {train_top1} | {int(record['epochs'])} | "
                          f"{float(record['train_wall_time_s']) / 60:.1f} min | "
