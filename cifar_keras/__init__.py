@@ -2,7 +2,9 @@
 
 import os
 
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) hides the useful output.
+# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) hides the useful output; a user who
+# sets the level keeps it (runtime.import_tensorflow_quietly).
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"

@@ -20,10 +20,10 @@ def measure(model_name, precision, batch_size, steps, warmup):
     """Images/s of fit() steps and of the pipeline alone, in this process's backend."""
     import keras
 
-    from cifar_keras import models
+    from cifar_keras.config import make_config
     from cifar_keras.data import Split
-    from cifar_keras.pipeline import make_dataset
-    from cifar_keras.train import compile_model, make_config, pipeline_throughput, resolve_precision, train_throughput
+    from cifar_keras.runtime import resolve_precision
+    from cifar_keras.train import build_compiled, pipeline_throughput, train_throughput, training_data
 
     policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
@@ -31,10 +31,9 @@ def measure(model_name, precision, batch_size, steps, warmup):
     rng = np.random.default_rng(0)
     n = batch_size * (steps + warmup)
     split = Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, n), np.zeros(n, int))
-    config = make_config(model_name, batch_size=batch_size)
-    model = models.get_spec(model_name).build()
-    compile_model(model, config, steps + warmup)
-    dataset = make_dataset(split, batch_size, training=True)
+    config = make_config(model_name, batch_size=batch_size, epochs=1)
+    model = build_compiled(config, steps + warmup)
+    dataset = training_data(split, config, batch_size)
     images_per_s = train_throughput(model, dataset, batch_size, steps, warmup)
     return {"backend": keras.backend.backend(), "precision": policy,
             "train_images_per_s": round(images_per_s, 1),

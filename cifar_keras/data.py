@@ -10,7 +10,7 @@ import os
 import pickle
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -28,13 +28,16 @@ NUM_SUPERCLASSES = 20
 MEAN = (0.5071, 0.4865, 0.4409)
 STD = (0.2673, 0.2564, 0.2762)
 
-# What the official pickles may reference, and nothing else. numpy 2 moved
-# numpy.core to numpy._core; the files name the old path. Python 3 writes the
+# numpy 2 moved numpy.core to numpy._core (and warns on the old name); numpy 1.26 has only numpy.core.
+_NUMPY_CORE = getattr(np, "_core", None) or np.core
+
+# What the official pickles may reference, and nothing else. The files name the
+# numpy 1 path; pickles written under numpy 2 name the new one. Python 3 writes the
 # array bytes of a protocol-2 pickle through _codecs.encode (str -> bytes, no side effects).
 _ALLOWED_GLOBALS = {
     ("_codecs", "encode"): _codecs.encode,
-    ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _NUMPY_CORE.multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _NUMPY_CORE.multiarray._reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
@@ -138,12 +141,45 @@ def md5sum(path):
     return digest.hexdigest()
 
 
+def _unsafe_member(member):
+    """Why `member` could land outside the target folder, or None (what the "data" filter refuses).
+
+    With no absolute path and no `..` in any name or link target, no chain of links
+    can climb out of the folder; devices and FIFOs have no place in a data set.
+    """
+    names = {"path": member.name}
+    if member.issym() or member.islnk():
+        names["link target"] = member.linkname
+    for kind, name in names.items():
+        path = PurePosixPath(name.replace("\\", "/"))
+        if path.is_absolute() or os.path.isabs(name):
+            return f"absolute {kind} '{name}'"
+        if ".." in path.parts:
+            return f"{kind} '{name}' with '..'"
+    if member.isdev():
+        return f"device or FIFO '{member.name}'"
+    return None
+
+
+def _extract_all(tar, archive, target):
+    # tarfile's extraction filters came with Python 3.10.12/3.11.4; before, check every member by hand.
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(target, filter="data")
+        return
+    members = tar.getmembers()
+    for member in members:
+        reason = _unsafe_member(member)
+        if reason:
+            raise UserError(f"{archive}: refused to extract {reason}")
+    tar.extractall(target, members=members)
+
+
 def _extract(archive):
     """Extract the archive beside itself, refusing members that would land outside it."""
     target = archive.parent
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(target, filter="data")
+            _extract_all(tar, archive, target)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise UserError(f"{archive}: cannot extract ({e})") from None
     if not (target / ARCHIVE_DIR).is_dir():

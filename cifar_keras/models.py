@@ -4,7 +4,8 @@ Every model takes raw RGB pixels (N, 32, 32, 3), 0-255, and normalises them itse
 and ends in a float32 softmax over the 100 fine classes.
 """
 
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -51,16 +52,27 @@ def conv_bn_relu(x, filters, bn_momentum, name):
 
 
 def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=0.9, logit_scale=0.125,
-        num_classes=NUM_CLASSES):
+        stem="conv", dirac=False, num_classes=NUM_CLASSES):
     """A fast CNN for CPUs, after airbench's layout (Jordan, 2024) and ResNet-9 (Page, 2018).
 
     A narrow stem at full resolution (the 32x32 stage dominates CPU time), then per
     stage: conv -> 2x2 max-pool -> BN-ReLU, and a second conv with an identity
     shortcut (`depth` such convs per stage; 0: none). ReLU, not GELU: GELU is much
     slower under bfloat16 on CPUs.
+
+    stem: "conv" (a trained 3x3 conv-BN-ReLU of `stem_width` channels) or "whiten"
+    (airbench's frozen 2x2 patch-whitening conv, 24 channels, set from the training
+    images by `whiten_from_data`). dirac: start every stage conv as the identity on its
+    first input-many filters (airbench), so a fresh net passes its input through.
     """
     inputs = keras.Input((32, 32, 3), name="pixels")
-    x = conv_bn_relu(normalise(inputs), stem_width, bn_momentum, "stem")
+    x = normalise(inputs)
+    if stem == "whiten":
+        # Each of the 12 whitened directions of a 2x2x3 patch, with both signs: ReLU then keeps all of it.
+        x = layers.Conv2D(2 * WHITEN_DIMS, 2, padding="same", use_bias=False, trainable=False, name="whiten")(x)
+        x = layers.ReLU(name="whiten_relu")(x)
+    else:
+        x = conv_bn_relu(x, stem_width, bn_momentum, "stem")
     for i, width in enumerate(widths, start=1):
         x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"stage{i}_conv")(x)
         x = layers.MaxPooling2D(name=f"stage{i}_pool")(x)
@@ -74,7 +86,43 @@ def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=
     x = layers.GlobalMaxPooling2D(name="pool")(x)
     if dropout:
         x = layers.Dropout(dropout)(x)
-    return keras.Model(inputs, classifier(x, num_classes, logit_scale), name="cnn")
+    model = keras.Model(inputs, classifier(x, num_classes, logit_scale), name="cnn")
+    if dirac:
+        dirac_init(model)
+    return model
+
+
+WHITEN_DIMS = 2 * 2 * 3  # a 2x2 RGB patch
+
+
+def dirac_init(model):
+    """Identity initialisation of the stage convolutions (airbench's dirac_): filter i of a conv
+    with at least i inputs starts as the identity on input channel i; the other filters keep
+    their random initialisation. Set as weights, not as a custom initializer, so a saved model
+    still loads with plain Keras."""
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D) and layer.name.startswith("stage") and layer.name.endswith("_conv"):
+            kernel = keras.ops.convert_to_numpy(layer.kernel).copy()
+            kh, kw, cin, cout = kernel.shape
+            n = min(cin, cout)
+            kernel[..., :n] = 0.0
+            kernel[kh // 2, kw // 2, np.arange(n), np.arange(n)] = 1.0
+            layer.kernel.assign(kernel)
+
+
+def whiten_from_data(model, images, eps=5e-4):
+    """Set a model's frozen `whiten` conv from the 2x2 patches of `images` (uint8, N x 32 x 32 x 3):
+    its filters project a normalised patch on the eigenvectors of the patches' covariance,
+    scaled by 1/sqrt(eigenvalue), so its outputs are decorrelated with unit variance. No-op
+    for a model without that layer."""
+    if "whiten" not in {layer.name for layer in model.layers}:
+        return
+    x = (images.astype(np.float32) / 255.0 - np.float32(MEAN)) / np.float32(STD)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (2, 2), axis=(1, 2))  # N, 31, 31, C, 2, 2
+    patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, WHITEN_DIMS).astype(np.float64)  # kernel order
+    eigenvalues, eigenvectors = np.linalg.eigh(patches.T @ patches / len(patches))
+    filters = (eigenvectors / np.sqrt(eigenvalues + eps)).reshape(2, 2, 3, WHITEN_DIMS)
+    model.get_layer("whiten").set_weights([np.concatenate([filters, -filters], axis=-1).astype(np.float32)])
 
 
 def with_flip_tta(model):
@@ -125,33 +173,28 @@ def cnn_space(hp):
 
 @dataclass
 class ModelSpec:
-    """A builder, the training recipe `fit` uses for it unless told otherwise, and its search space."""
+    """A builder and its KerasTuner search space (the training recipe is in config.RECIPES)."""
 
     build: callable
-    defaults: dict = field(default_factory=dict)
     space: callable = None
 
 
-MODELS = {
-    "mlp": ModelSpec(
-        mlp,
-        dict(epochs=40, batch_size=256, optimizer="adamw", learning_rate=2e-3, weight_decay=0.05,
-             label_smoothing=0.1, warmup_epochs=2, crop_pad=2, flip=True, cutout_size=0, tta=False),
-        mlp_space,
-    ),
-    "cnn": ModelSpec(
-        cnn,
-        dict(epochs=15, batch_size=256, optimizer="sgd", learning_rate=0.2, weight_decay=5e-4,
-             label_smoothing=0.2, warmup_epochs=2, crop_pad=4, flip=True, cutout_size=0, tta=False),
-        cnn_space,
-    ),
-}
+MODELS = {"mlp": ModelSpec(mlp, mlp_space), "cnn": ModelSpec(cnn, cnn_space)}
 
 
 def get_spec(name):
     if name not in MODELS:
         raise UserError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
     return MODELS[name]
+
+
+def check_model_args(model_args, name, where):
+    """`model_args` if every key is an argument of the model's builder, else a one-line UserError."""
+    builder_args = set(inspect.signature(get_spec(name).build).parameters)
+    unknown = sorted(set(model_args) - builder_args)
+    if unknown:
+        raise UserError(f"{where}: unknown model_args for {name}: {', '.join(unknown)}")
+    return model_args
 
 
 def load_keras_model(path):

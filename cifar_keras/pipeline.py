@@ -1,8 +1,8 @@
 """tf.data input pipelines: shuffle, batch, augment (vectorised over the batch), prefetch.
 
 Images stay uint8 until the end of the map; the model does its own normalisation.
-Augmentation uses stateless random ops keyed by a seeded random stream, so a seeded
-run sees the same batches and the same crops/flips every time.
+Shuffling and augmentation use stateless random ops keyed by (seed, epoch, step), so a
+seeded run sees the same batches and the same crops/flips every time, resumed or not.
 """
 
 import tensorflow as tf
@@ -27,12 +27,17 @@ def random_flip(images, seed):
 
 
 def cutout(images, size, seed):
-    """Zero a random size x size square in each image (DeVries & Taylor, 2017)."""
+    """Zero a random size x size square in each image (DeVries & Taylor, 2017).
+
+    The centre is uniform over the image, so squares near the border are clipped.
+    """
     n, height = tf.shape(images)[0], images.shape[1]
     centre = tf.random.stateless_uniform([n, 2], seed, 0, height, dtype=tf.int32)
-    grid = tf.range(height)
-    inside_rows = tf.abs(grid[None, :] - centre[:, :1]) <= size // 2
-    inside_cols = tf.abs(grid[None, :] - centre[:, 1:]) <= size // 2
+    # Half-open [start, start + size): exactly `size` rows/columns, also for even sizes.
+    start = centre - size // 2
+    grid = tf.range(height)[None, :]
+    inside_rows = (grid >= start[:, :1]) & (grid < start[:, :1] + size)
+    inside_cols = (grid >= start[:, 1:]) & (grid < start[:, 1:] + size)
     mask = inside_rows[:, :, None] & inside_cols[:, None, :]
     return tf.where(mask[..., None], tf.zeros_like(images), images)
 
@@ -48,23 +53,35 @@ def augment(images, seed, crop_pad=4, flip=True, cutout_size=0):
     return images
 
 
-def make_dataset(split, batch_size, training=False, seed=0, crop_pad=4, flip=True, cutout_size=0):
-    """(images float32 0-255, one-hot labels) batches; shuffled and augmented when training."""
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.fine))
-    if training:
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=training)
-    if training:
-        # One int64 per batch from a seeded stream that changes every epoch.
-        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, keys)
+def train_batches(split, batch_size, seed=0, first_epoch=0, epochs=1, crop_pad=4, flip=True, cutout_size=0):
+    """Shuffled, augmented training batches (images float32 0-255, one-hot labels) of epochs [first_epoch, epochs).
 
-        def train_map(batch, key):
-            images, labels = batch
-            images = augment(images, tf.stack([key, tf.constant(seed, tf.int64)]), crop_pad, flip, cutout_size)
-            return tf.cast(images, tf.float32), tf.one_hot(labels, NUM_CLASSES)
+    Epoch e's order and augmentation depend only on (seed, e), not on how many times the
+    data was iterated before, so a run resumed at epoch e sees exactly the batches an
+    uninterrupted run sees. Each epoch holds len(split) // batch_size full batches: pass
+    that as `steps_per_epoch` to fit.
+    """
+    images, labels = tf.constant(split.images), tf.constant(split.fine)
+    steps = len(split) // batch_size
 
-        ds = ds.map(train_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, NUM_CLASSES)))
+    def epoch_batches(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(split)), seed=tf.stack([seed, epoch]))
+        batches = tf.reshape(order[: steps * batch_size], [steps, batch_size])
+
+        def make_batch(step, index):
+            key = tf.stack([tf.constant(seed, tf.int64), epoch * steps + step])
+            batch = augment(tf.gather(images, index), key, crop_pad, flip, cutout_size)
+            return tf.cast(batch, tf.float32), tf.one_hot(tf.gather(labels, index), NUM_CLASSES)
+
+        return tf.data.Dataset.from_tensor_slices(batches).enumerate().map(
+            make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    epochs_ds = tf.data.Dataset.range(first_epoch, epochs)
+    return epochs_ds.flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE)
+
+
+def make_dataset(split, batch_size):
+    """(images float32 0-255, one-hot labels) batches in order, not augmented: for evaluation."""
+    ds = tf.data.Dataset.from_tensor_slices((split.images, split.fine)).batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, NUM_CLASSES)))
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -41,8 +41,17 @@ def table_row(record):
         record["precision"],
         device,
         f"`{record['hparams_file']}`" if record.get("hparams_file") else "built-in (`--hparams none`)",
-        f"`{record['command']}`",
+        f"`{reproducing_command(record)}`",
     )
+
+
+def reproducing_command(record):
+    """The record's command, made explicit where a default has changed since: a built-in-recipe run
+    says `--hparams none`, or today's `fit` would pick up a tuned file instead."""
+    command = record["command"]
+    if record.get("kind") == "fit" and not record.get("hparams_file") and "--hparams" not in command:
+        command += " --hparams none"
+    return command
 
 
 def results_table(rows):
@@ -86,10 +95,12 @@ def epoch_logs(folder):
 
 def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cnn"):
     """Curves of every fit run, figures of the `name` model; the markdown that shows them in README."""
-    import keras
-
     from cifar_keras import data, plots
+    from cifar_keras.models import load_keras_model
 
+    # Model and data first: a missing one is a one-line error before any figure is written.
+    model_path = Path(records_dir) / f"{name}.keras"
+    model, dataset = load_keras_model(model_path), data.load(data_dir)
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     curves = figures_dir / "training_curves.png"
@@ -97,8 +108,7 @@ def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cn
     ablation_logs = epoch_logs(Path(records_dir) / "ablations")
     if ablation_logs:
         plots.training_curves(ablation_logs, figures_dir / "ablation_curves.png")
-    model_path = Path(records_dir) / f"{name}.keras"
-    facts = model_figures(keras.saving.load_model(model_path), data.load(data_dir), figures_dir)
+    facts = model_figures(model, dataset, figures_dir)
 
     def link(path):
         return Path(path).resolve().relative_to(Path(readme_dir).resolve()).as_posix()

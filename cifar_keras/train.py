@@ -1,6 +1,11 @@
-"""`fit`: train a registered model on the training split, select on validation, test once, record."""
+"""`fit`: train a registered model on the training split, select on validation, test once, record.
 
-import contextlib
+The stages read top to bottom in `fit`: prepare the run folder -> build the inputs ->
+plan -> train -> finalise (float32 rebuild, TTA, evaluation, save) -> record.
+"""
+
+import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -9,98 +14,89 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifar_keras import data, models, records
+from cifar_keras import data, flops, models, records, runtime
 from cifar_keras.errors import UserError
 from cifar_keras.evaluate import evaluate_model
-from cifar_keras.pipeline import make_dataset
-
-POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+from cifar_keras.pipeline import make_dataset, train_batches
 
 
-def resolve_precision(choice="auto"):
-    """auto: float16 on GPUs, bfloat16 on CPUs with AMX, else float32.
+# --- optimiser and compile: shared with `tune` and `bench` -------------------------------------
 
-    AVX512-BF16 alone is not enough: on such a CPU without AMX, TensorFlow's bfloat16
-    matmuls and convolutions run at about half the float32 rate and the CNN trains no
-    faster (saved_models/bench_no_amx.json), while AMX makes it about 4x faster (bench.json).
-    """
-    if choice != "auto":
-        return POLICIES[choice]
-    if records.gpus():
-        return "mixed_float16"
-    if "amx_bf16" in records.cpu_flags():
-        return "mixed_bfloat16"
-    return "float32"
+def make_schedule(config, steps_per_epoch, learning_rate=None):
+    """Linear warm-up over `config.warmup` of the run's steps, then cosine decay to zero."""
+    total = config.epochs * steps_per_epoch
+    warmup = min(round(config.warmup * total), total - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(total - warmup, 1), warmup_target=learning_rate or config.learning_rate,
+        warmup_steps=warmup)
 
 
-@contextlib.contextmanager
-def precision_policy(choice):
-    """Use Keras' dtype policy for `choice` inside the block, then restore the previous one."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(resolve_precision(choice))
-    try:
-        yield keras.mixed_precision.global_policy().name
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+def make_optimizer(config, steps_per_epoch, learning_rate=None):
+    """SGD-Nesterov or AdamW under the run's schedule; no weight decay on BatchNorm parameters or biases."""
+    schedule = make_schedule(config, steps_per_epoch, learning_rate)
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    else:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    # Decaying BatchNorm scales and biases only fights the normalisation.
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
 
 
-def make_config(model_name, hparams=None, **overrides):
-    """The model's default recipe, then tuned `hparams`, then every override that is not None."""
-    config = {"model": model_name, "model_args": {}, **models.get_spec(model_name).defaults,
-              "seed": 0, "val_size": 5000, "train_size": None, "precision": "auto", "patience": 0,
-              "distribute": "none", "test_set": True}
-    for key, value in (hparams or {}).items():
-        config[key] = {**config["model_args"], **value} if key == "model_args" else value
-    config.update({k: v for k, v in overrides.items() if v is not None})
-    return config
+def compile_model(model, config, steps_per_epoch, learning_rate=None):
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch, learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+    )
 
 
-def read_hparams(path, model_name):
-    """The `hparams` of a best_hparams.json written by `tune`, checked against the model's recipe."""
-    import inspect
-
-    content = records.read(path)
-    hparams = content.get("hparams") if isinstance(content, dict) else None
-    if not isinstance(hparams, dict):
-        raise UserError(f"{path}: no 'hparams' object")
-    if content.get("model", model_name) != model_name:
-        raise UserError(f"{path}: hyperparameters are for '{content['model']}', not '{model_name}'")
-    spec = models.get_spec(model_name)
-    unknown = set(hparams) - set(spec.defaults) - {"model_args"}
-    builder_args = set(inspect.signature(spec.build).parameters)
-    unknown |= {f"model_args.{k}" for k in hparams.get("model_args", {}) if k not in builder_args}
-    if unknown:
-        raise UserError(f"{path}: unknown hyperparameters for {model_name}: {', '.join(sorted(unknown))}")
-    for key, value in hparams.items():
-        default = spec.defaults.get(key)
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
-                not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
-            raise UserError(f"{path}: '{key}' must be a non-negative number, got {value!r}")
-    return hparams
+def build_compiled(config, steps_per_epoch, learning_rate=None, train_images=None):
+    """The model of `config`, its data-dependent layers set from `train_images` (if given), compiled."""
+    model = models.get_spec(config.model).build(**config.model_args)
+    if train_images is not None:
+        models.whiten_from_data(model, train_images[:WHITENING_IMAGES])
+    compile_model(model, config, steps_per_epoch, learning_rate)
+    return model
 
 
-def data_parallel(kind):
-    """(scope factory, replicas) for synchronous data-parallel training over this machine's devices.
+WHITENING_IMAGES = 5000  # as airbench: enough for a 12x12 covariance
 
-    TensorFlow: tf.distribute.MirroredStrategy over the GPUs (else the logical CPUs);
-    JAX: keras.distribution.DataParallel over all devices.
-    """
-    if kind == "none":
-        return contextlib.nullcontext, 1
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
 
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
-            d.name for d in tf.config.list_logical_devices("CPU")]
-        strategy = tf.distribute.MirroredStrategy(devices)
-        return strategy.scope, strategy.num_replicas_in_sync
-    if backend == "jax":
-        devices = keras.distribution.list_devices()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return contextlib.nullcontext, len(devices)
-    raise UserError(f"--distribute {kind} needs KERAS_BACKEND=tensorflow or jax, not {backend}")
+def training_data(split, config, batch_size, first_epoch=0, epochs=None):
+    """The seeded, augmented training batches of epochs [first_epoch, epochs)."""
+    return train_batches(split, batch_size, seed=config.seed, first_epoch=first_epoch,
+                         epochs=config.epochs if epochs is None else epochs,
+                         crop_pad=config.crop_pad, flip=config.flip, cutout_size=config.cutout_size)
 
+
+def verbosity():
+    """Keras' progress bar on a terminal, one line per epoch in a log file."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+# --- throughput probes ---------------------------------------------------------------------------
+
+def pipeline_throughput(dataset, batches=40):
+    """Images/s of the input pipeline alone (no model), over the first `batches` batches."""
+    start, count = time.perf_counter(), 0
+    for images, _ in dataset.take(batches):
+        count += int(images.shape[0])
+    return count / (time.perf_counter() - start)
+
+
+def train_throughput(model, dataset, batch_size, steps=5, warmup=2):
+    """Images/s of fit() steps of a compiled model, timed after `warmup` untimed steps (compilation).
+    The steps train `model`: time a throw-away copy when the run itself must not be affected."""
+    dataset = dataset.repeat()  # a small split may hold fewer batches than warm-up plus timed steps
+    model.fit(dataset.take(warmup), epochs=1, verbose=0, shuffle=False)
+    start = time.perf_counter()
+    model.fit(dataset.skip(warmup).take(steps), epochs=1, verbose=0, shuffle=False)
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+# --- callbacks -----------------------------------------------------------------------------------
 
 class EpochTimer(keras.callbacks.Callback):
     """Adds `train_time` (the epoch's training steps) and `epoch_time` (with validation) to the logs."""
@@ -117,45 +113,43 @@ class EpochTimer(keras.callbacks.Callback):
         logs["train_time"] = self.train_time or logs["epoch_time"]
 
 
-def make_optimizer(config, steps_per_epoch):
-    """SGD-Nesterov or AdamW under linear warm-up then cosine decay to zero."""
-    warmup = int(config["warmup_epochs"] * steps_per_epoch)
-    total = config["epochs"] * steps_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(total - warmup, 1), warmup_target=config["learning_rate"], warmup_steps=warmup)
-    if config["optimizer"] == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config["weight_decay"])
-    else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config["weight_decay"])
-    # Decaying BatchNorm scales and biases only fights the normalisation.
-    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    return optimizer
+class WallTimeEstimate(keras.callbacks.Callback):
+    """Prints, once, the run's expected training time from its first timed steps (after compilation)."""
+
+    def __init__(self, steps_per_epoch, epochs, first_epoch, skip=3, timed=10):
+        super().__init__()
+        self.steps_per_epoch, self.epochs, self.first_epoch = steps_per_epoch, epochs, first_epoch
+        self.skip, self.timed = min(skip, steps_per_epoch - 1), min(timed, max(steps_per_epoch - skip - 1, 1))
+        self.seen, self.start = 0, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.skip:
+            self.start = time.perf_counter()
+        elif self.start is not None and self.seen == self.skip + self.timed:
+            per_step = (time.perf_counter() - self.start) / self.timed
+            left = per_step * self.steps_per_epoch * (self.epochs - self.first_epoch)
+            estimate = f"{left / 60:.0f} min" if left >= 120 else f"{left:.0f} s"
+            print(f"fit: about {estimate} of training steps left ({per_step * 1000:.0f} ms/step, "
+                  "validation not counted)", flush=True)
+            self.start = None
 
 
-def compile_model(model, config, steps_per_epoch):
-    model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                 keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
-    )
+# --- the stages of a run -------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A run's config resolved against this machine and its data: what `train` needs and the record states."""
 
-def pipeline_throughput(dataset, batches=40):
-    """Images/s of the input pipeline alone (no model), over the first `batches` batches."""
-    start, count = time.perf_counter(), 0
-    for images, _ in dataset.take(batches):
-        count += int(images.shape[0])
-    return count / (time.perf_counter() - start)
-
-
-def train_throughput(model, dataset, batch_size, steps=5, warmup=2):
-    """Images/s of fit() steps of a compiled model, timed after `warmup` untimed steps (compilation)."""
-    dataset = dataset.repeat()  # a small split may hold fewer batches than warm-up plus timed steps
-    model.fit(dataset.take(warmup), epochs=1, verbose=0, shuffle=False)
-    start = time.perf_counter()
-    model.fit(dataset.skip(warmup).take(steps), epochs=1, verbose=0, shuffle=False)
-    return batch_size * steps / (time.perf_counter() - start)
+    config: object  # config.RunConfig
+    name: str
+    paths: dict
+    precision: str
+    replicas: int
+    global_batch_size: int
+    learning_rate: float  # peak, scaled with the replicas (linear scaling rule)
+    steps_per_epoch: int
+    first_epoch: int  # > 0 when resuming
 
 
 def run_paths(output_dir, name):
@@ -165,109 +159,164 @@ def run_paths(output_dir, name):
             "log": output_dir / f"{name}.log.csv", "best": work / "best.weights.h5", "backup": work / "backup"}
 
 
-def train_model(spec, config, scaled, scope, steps_per_epoch, train_ds, val_ds, paths, resuming, extra_callbacks):
+def finished_epochs(backup_dir):
+    """Epochs already trained by an interrupted run, from BackupAndRestore's own metadata (0: a new run)."""
+    metadata = Path(backup_dir) / "training_metadata.json"
+    try:
+        return int(json.loads(metadata.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def prepare_run_folder(output_dir, name):
+    """Paths of the run's files, and the epochs an interrupted run already trained.
+
+    A new run starts without stale logs or checkpoints; a resumed run keeps the log rows of
+    the epochs its backup holds and drops any row written after (the backup is the truth).
+    """
+    paths = run_paths(output_dir, name)
+    done = finished_epochs(paths["backup"])
+    if done == 0:
+        shutil.rmtree(paths["backup"], ignore_errors=True)
+        paths["log"].unlink(missing_ok=True)
+        paths["best"].unlink(missing_ok=True)
+    elif paths["log"].exists():
+        lines = paths["log"].read_text().splitlines(keepends=True)
+        paths["log"].write_text("".join(lines[:1 + done]))
+    paths["best"].parent.mkdir(parents=True, exist_ok=True)
+    return paths, done
+
+
+def build_inputs(config, data_dir):
+    """The data set and the run's train/validation splits."""
+    dataset = data.load(data_dir)
+    train, val = data.train_val_split(dataset.train, config.val_size, config.train_size, config.seed)
+    return dataset, train, val
+
+
+def make_plan(config, name, paths, first_epoch, precision, replicas, train_images):
+    global_batch = config.batch_size * replicas
+    steps = train_images // global_batch
+    if steps == 0:
+        raise UserError(f"global batch {global_batch} is larger than the {train_images} training images")
+    return Plan(config=config, name=name, paths=paths, precision=precision, replicas=replicas,
+                global_batch_size=global_batch, learning_rate=config.learning_rate * replicas,
+                steps_per_epoch=steps, first_epoch=first_epoch)
+
+
+def train(plan, train_split, val_split, scope, extra_callbacks=()):
     """Build, compile and fit under `scope`; return the model holding the best epoch's weights."""
+    config, paths = plan.config, plan.paths
     with scope():
-        model = spec.build(**config["model_args"])
-        compile_model(model, scaled, steps_per_epoch)
+        model = build_compiled(config, plan.steps_per_epoch, plan.learning_rate, train_split.images)
     checkpoint = keras.callbacks.ModelCheckpoint(
         paths["best"], monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True)
-    if resuming and paths["log"].exists():
+    if plan.first_epoch and paths["log"].exists():
         # A resumed run must not overwrite the best checkpoint with a worse epoch.
         checkpoint.best = max((row["val_accuracy"] for row in records.read_log(paths["log"])), default=-np.inf)
     callbacks = [EpochTimer(), keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint,
-                 keras.callbacks.BackupAndRestore(paths["backup"]), *extra_callbacks]
-    if config["patience"]:
-        callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=config["patience"]))
-    with scope():  # the pipeline shuffles; fit's own shuffle does not apply to a tf.data.Dataset
-        model.fit(train_ds, validation_data=val_ds, epochs=config["epochs"], callbacks=callbacks,
-                  verbose=1 if sys.stdout.isatty() else 2, shuffle=False)
-    if config["distribute"] != "none" and keras.backend.backend() == "jax":
-        keras.distribution.set_distribution(None)
-
+                 keras.callbacks.BackupAndRestore(paths["backup"]),
+                 WallTimeEstimate(plan.steps_per_epoch, config.epochs, plan.first_epoch), *extra_callbacks]
+    if config.patience:
+        callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=config.patience))
+    # Epoch e's batches depend only on (seed, e): a resumed run sees what an uninterrupted one does.
+    batches = training_data(train_split, config, plan.global_batch_size, first_epoch=plan.first_epoch)
+    with scope():  # the batches are already shuffled; fit's own shuffle does not apply to a tf.data.Dataset
+        model.fit(batches, validation_data=make_dataset(val_split, 500), epochs=config.epochs,
+                  steps_per_epoch=plan.steps_per_epoch, callbacks=callbacks, verbose=verbosity(), shuffle=False)
     model.load_weights(paths["best"])
     return model
 
 
-def fit(config, data_dir=None, output_dir="saved_models", name=None, command=None, extra_callbacks=()):
-    """Train as `config` says; write <name>.keras, <name>.json (run record) and <name>.log.csv."""
-    started = time.perf_counter()
-    name = name or config["model"]
-    paths = run_paths(output_dir, name)
-    resuming = paths["backup"].exists()
-    if not resuming:
-        paths["log"].unlink(missing_ok=True)
-        paths["best"].unlink(missing_ok=True)
-    paths["best"].parent.mkdir(parents=True, exist_ok=True)
-
-    keras.utils.set_random_seed(config["seed"])
-    dataset = data.load(data_dir)
-    train, val = data.train_val_split(dataset.train, config["val_size"], config["train_size"], config["seed"])
-    scope, replicas = data_parallel(config["distribute"])
-    # Each replica keeps the per-device batch; the learning rate follows the global batch (linear scaling).
-    scaled = {**config, "batch_size": config["batch_size"] * replicas,
-              "learning_rate": config["learning_rate"] * replicas}
-    augment = {k: config[k] for k in ("crop_pad", "flip", "cutout_size")}
-    train_ds = make_dataset(train, scaled["batch_size"], training=True, seed=config["seed"], **augment)
-    val_ds = make_dataset(val, 500)
-    steps_per_epoch = len(train) // scaled["batch_size"]
-    if steps_per_epoch == 0:
-        raise UserError(f"global batch {scaled['batch_size']} is larger than the {len(train)} training images")
-    pipeline_ips = pipeline_throughput(train_ds)
-
-    spec = models.get_spec(config["model"])
-    with precision_policy(config["precision"]) as policy:
-        model = train_model(spec, config, scaled, scope, steps_per_epoch, train_ds, val_ds, paths, resuming,
-                            extra_callbacks)
-
+def finalise(plan, model, dataset, val_split):
+    """The float32 model to save (with flip TTA if asked) and its scores; the test set is used here, once."""
+    config = plan.config
     # The saved model is float32 whatever precision trained it: it runs anywhere, and
     # the test score below is the score of exactly that file.
-    final = spec.build(**config["model_args"])
+    final = models.get_spec(config.model).build(**config.model_args)
     final.set_weights(model.get_weights())
+    base = final
     fine_to_coarse = dataset.fine_to_coarse()
-    val_plain = evaluate_model(final, val, fine_to_coarse)
-    if config.get("tta"):
+    val = {"top1_float32": round(evaluate_model(final, val_split, fine_to_coarse)["top1"], 2)}
+    if config.tta:
         # Flip TTA's gain is measured on validation, side by side, and recorded.
         final = models.with_flip_tta(final)
-        val_tta = evaluate_model(final, val, fine_to_coarse)
+        val["top1_flip_tta"] = round(evaluate_model(final, val_split, fine_to_coarse)["top1"], 2)
     # Recipe studies (ablations) judge on validation only and leave the test set unseen.
-    test = evaluate_model(final, dataset.test, fine_to_coarse) if config["test_set"] else None
-    final.save(paths["model"])
-    shutil.rmtree(paths["best"].parent, ignore_errors=True)
+    test = evaluate_model(final, dataset.test, fine_to_coarse) if config.test_set else None
+    final.save(plan.paths["model"])
+    return base, final, val, test
 
+
+def compute(base, final, train_images_seen):
+    """Training and inference compute of the run, in FLOPs (analytic count, see flops.py)."""
+    forward = flops.forward_flops(base)
+    return {"counted": "analytic (convolutions and dense layers, 2 FLOP per multiply-add)",
+            "forward_flops_per_image": forward,
+            "inference_flops_per_image": flops.forward_flops(final),  # x2 with flip TTA
+            "train_images_seen": train_images_seen,
+            "training_flops": flops.training_flops(forward, train_images_seen)}
+
+
+def make_record(plan, command, hparams, base, final, val_scores, test, train_split, val_split, started):
+    config, paths = plan.config, plan.paths
     log = records.read_log(paths["log"])
     best = max(log, key=lambda row: row["val_accuracy"])
     train_time = sum(row["train_time"] for row in log)
-    record = {
+    images_seen = plan.steps_per_epoch * plan.global_batch_size * len(log)
+    return {
         "kind": "fit",
-        "model": config["model"],
-        "name": name,
+        "model": config.model,
+        "name": plan.name,
         "command": command,
-        "hparams_file": config.get("hparams_file"),
-        "params": int(final.count_params()),
+        "hparams_file": hparams["path"] if hparams else None,
+        "hparams": hparams or "built-in",
+        "params": int(base.count_params()),  # learned weights (TTA's fixed mirror is not a parameter)
         "epochs": len(log),
         "best_epoch": int(best["epoch"]) + 1,
-        "train_images": len(train),
-        "val_images": len(val),
-        "precision": policy,
+        "train_images": len(train_split),
+        "val_images": len(val_split),
+        "precision": plan.precision,
         "train_wall_time_s": round(sum(row["epoch_time"] for row in log), 1),
         "process_wall_time_s": round(time.perf_counter() - started, 1),
-        "resumed": resuming,
-        "replicas": replicas,
-        "global_batch_size": scaled["batch_size"],
-        "scaled_learning_rate": scaled["learning_rate"],
-        "throughput": {
-            "train_images_per_s": round(steps_per_epoch * scaled["batch_size"] * len(log) / train_time, 1),
-            "pipeline_images_per_s": round(pipeline_ips, 1),
-        },
+        "resumed": plan.first_epoch > 0,
+        "replicas": plan.replicas,
+        "global_batch_size": plan.global_batch_size,
+        "scaled_learning_rate": plan.learning_rate,
+        "compute": compute(base, final, images_seen),
+        "throughput": {"train_images_per_s": round(images_seen / train_time, 1)},
         "val": {"top1": round(100 * best["val_accuracy"], 2), "top5": round(100 * best["val_top5"], 2),
-                "top1_float32": round(val_plain["top1"], 2),
-                **({"top1_flip_tta": round(val_tta["top1"], 2)} if config.get("tta") else {})},
-        "flip_tta": bool(config.get("tta")),
+                **val_scores},
+        "flip_tta": config.tta,
         "test": test and {k: round(v, 4) if isinstance(v, float) else v for k, v in test.items()},
-        "config": config,
-        **records.environment(),
+        "config": config.to_dict(),
+        "code": records.code_version(),
+        **runtime.environment(),
         "files": {k: str(paths[k]) for k in ("model", "log")},
     }
+
+
+def fit(config, data_dir=None, output_dir="saved_models", name=None, command=None, hparams=None,
+        extra_callbacks=()):
+    """Train as `config` (a RunConfig) says; write <name>.keras, <name>.json (run record) and <name>.log.csv.
+
+    hparams: provenance of the tuned hyperparameters in `config` ({"path", "sha256"}), None if built-in.
+    """
+    started = time.perf_counter()
+    name = name or config.model
+    paths, first_epoch = prepare_run_folder(output_dir, name)
+    keras.utils.set_random_seed(config.seed)
+    dataset, train_split, val_split = build_inputs(config, data_dir)
+    with runtime.precision_policy(config.precision) as precision, \
+            runtime.data_parallel(config.distribute) as (scope, replicas):
+        plan = make_plan(config, name, paths, first_epoch, precision, replicas, len(train_split))
+        print(f"fit: {name} = {config.model} ({'recipe of ' + hparams['path'] if hparams else 'built-in recipe'}), "
+              f"{keras.backend.backend()} backend, {precision}, {replicas} replica(s) on "
+              f"{', '.join(runtime.gpus()) or runtime.cpu_model()}, {len(train_split)} training images, "
+              f"{config.epochs} epochs" + (f", resuming after epoch {first_epoch}" if first_epoch else ""), flush=True)
+        model = train(plan, train_split, val_split, scope, extra_callbacks)
+    base, final, val_scores, test = finalise(plan, model, dataset, val_split)
+    record = make_record(plan, command, hparams, base, final, val_scores, test, train_split, val_split, started)
     records.write(paths["record"], record)
+    shutil.rmtree(paths["best"].parent, ignore_errors=True)
     return record

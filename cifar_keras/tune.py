@@ -12,18 +12,18 @@ minutes, or "recipe": the time the built-in recipe takes on this machine, which 
 found epochs meaningful on other machines too.
 """
 
-import json
-import sys
+import dataclasses
 import time
 from pathlib import Path
 
 import keras
 import keras_tuner
 
-from cifar_keras import data, models, records
+from cifar_keras import data, models, records, runtime
+from cifar_keras.config import make_config
 from cifar_keras.errors import UserError
 from cifar_keras.pipeline import make_dataset
-from cifar_keras.train import compile_model, make_config, precision_policy, train_throughput
+from cifar_keras.train import build_compiled, compile_model, train_throughput, training_data, verbosity
 
 TUNERS = ("random", "hyperband", "bayesian")
 
@@ -39,42 +39,46 @@ class CifarHyperModel(keras_tuner.HyperModel):
 
     def config(self, hp):
         config = make_config(self.model_name, hparams=self.space(hp), **self.overrides)
-        # Hyperband decides each trial's epoch budget; the schedule spans that budget.
-        config["epochs"] = hp.values.get("tuner/epochs", config["epochs"])
-        # A small search subset must still give at least one full batch.
-        config["batch_size"] = min(config["batch_size"], len(self.train_split))
-        return config
+        # Hyperband decides each trial's epoch budget; the schedule spans that budget. A small
+        # search subset must still give at least one full batch.
+        return dataclasses.replace(config, epochs=hp.values.get("tuner/epochs", config.epochs),
+                                   batch_size=min(config.batch_size, len(self.train_split)))
+
+    def steps(self, config):
+        return len(self.train_split) // config.batch_size
 
     def build(self, hp):
         config = self.config(hp)
-        model = models.get_spec(config["model"]).build(**config["model_args"])
-        compile_model(model, config, len(self.train_split) // config["batch_size"])
-        return model
+        return build_compiled(config, self.steps(config), train_images=self.train_split.images)
 
-    def train_dataset(self, config):
-        augment = {k: config[k] for k in ("crop_pad", "flip", "cutout_size")}
-        return make_dataset(self.train_split, config["batch_size"], training=True, seed=config["seed"], **augment)
-
-    def fit(self, hp, model, *args, **kwargs):
+    def fit(self, hp, model, *args, epochs=None, initial_epoch=0, **kwargs):
         config = self.config(hp)
-        train_ds = self.train_dataset(config)
-        verbose = 2 if not sys.stdout.isatty() else 1
-        kwargs = {"shuffle": False, **kwargs}  # the pipeline shuffles
+        kwargs = {"shuffle": False, "verbose": verbosity(), **kwargs}  # the batches are already shuffled
+        if self.budget_s:
+            images_per_s = self.throughput(hp)
+            epochs = budget_epochs(self.budget_s, images_per_s, len(self.train_split))
+            config = dataclasses.replace(config, epochs=epochs)
+            compile_model(model, config, self.steps(config))
+            kwargs["validation_freq"] = epochs  # validating once, after the last epoch, keeps the cost on training
+        epochs = epochs or config.epochs
+        if initial_epoch:
+            # A continued Hyperband trial resumes its schedule where the epochs it inherits left it,
+            # instead of warming up again.
+            model.optimizer.build(model.trainable_variables)
+            model.optimizer.iterations.assign(initial_epoch * self.steps(config))
+        batches = training_data(self.train_split, config, config.batch_size, first_epoch=initial_epoch, epochs=epochs)
+        history = model.fit(batches, *args, epochs=epochs, initial_epoch=initial_epoch,
+                            steps_per_epoch=self.steps(config), **kwargs)
         if not self.budget_s:
-            return model.fit(train_ds, *args, verbose=verbose, **kwargs)
-
-        images_per_s = self.throughput(hp)
-        epochs = budget_epochs(self.budget_s, images_per_s, len(self.train_split))
-        compile_model(model, {**config, "epochs": epochs}, len(self.train_split) // config["batch_size"])
-        # Validating once, after the last epoch, keeps the trials' cost on training.
-        history = model.fit(train_ds, *args, verbose=verbose, **{**kwargs, "epochs": epochs, "validation_freq": epochs})
+            return history
         return {"val_accuracy": history.history["val_accuracy"][-1], "epochs": float(epochs),
                 "train_images_per_s": images_per_s}
 
     def throughput(self, hp):
         """Training images/s of `hp`'s recipe, timed on a throw-away model (the trial's starts fresh)."""
         config = self.config(hp)
-        return train_throughput(self.build(hp), self.train_dataset(config), config["batch_size"], steps=8)
+        batches = training_data(self.train_split, config, config.batch_size, epochs=1)
+        return train_throughput(self.build(hp), batches, config.batch_size, steps=8)
 
 
 def budget_epochs(budget_s, images_per_s, train_images):
@@ -113,7 +117,7 @@ def full_run_budget(hypermodel, budget, full_train_images):
         return {"budget_minutes": float(budget)}
     defaults = keras_tuner.HyperParameters()
     hypermodel.space(defaults)  # registers every hyperparameter at its default: the built-in recipe
-    recipe_epochs = make_config(hypermodel.model_name)["epochs"]
+    recipe_epochs = make_config(hypermodel.model_name).epochs
     images_per_s = hypermodel.throughput(defaults)
     return {"budget_minutes": round(recipe_epochs * full_train_images / images_per_s / 60, 2), "of": "recipe",
             "recipe_epochs": recipe_epochs, "recipe_images_per_s": round(images_per_s, 1)}
@@ -131,20 +135,22 @@ def trial_summary(tuner):
     return sorted(trials, key=lambda t: int(t["trial_id"]))
 
 
-def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, train_size=None, val_size=5000,
-         seed=0, precision="auto", data_dir=None, tuning_dir="tuning", command=None, budget=None):
+def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, budget=None, data_dir=None,
+         tuning_dir="tuning", command=None, **options):
     """Run (or continue) a search; write trials.json, best_hparams.json and a run record.
 
     budget: None (every trial trains `epochs`), minutes of a full training run, or "recipe".
+    options: RunConfig fields every trial shares (train_size, val_size, seed, precision, ...).
     """
     if budget is not None and kind == "hyperband":
         raise UserError("--budget sets each trial's epochs itself: use --tuner random or bayesian")
     started = time.perf_counter()
+    shared = make_config(model_name, epochs=epochs, **options)
+    seed, precision = shared.seed, shared.precision
     keras.utils.set_random_seed(seed)
     dataset = data.load(data_dir)
-    train, val = data.train_val_split(dataset.train, val_size, train_size, seed)
-    hypermodel = CifarHyperModel(model_name, train, epochs=epochs, train_size=train_size, val_size=val_size,
-                                 seed=seed, precision=precision)
+    train, val = data.train_val_split(dataset.train, shared.val_size, shared.train_size, seed)
+    hypermodel = CifarHyperModel(model_name, train, epochs=epochs, **options)
     folder = Path(tuning_dir) / model_name
     tuner = make_tuner(kind, hypermodel, folder, max_trials, max_epochs, seed)
     completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
@@ -152,7 +158,7 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, tr
     # Wall time accumulates over resumed runs; unknown if earlier runs left no record.
     earlier_time = earlier.get("search_wall_time_s") if earlier else (0.0 if not tuner.oracle.trials else None)
     cost = {}
-    with precision_policy(precision) as policy:
+    with runtime.precision_policy(precision) as policy:
         if budget is not None:
             cost = full_run_budget(hypermodel, budget, len(dataset.train) - len(val))
             # A trial on a subset gets the subset's share of the budget: as many epochs as the full run.
@@ -168,8 +174,8 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, tr
         overrides["epochs"] = int(next(t for t in trials if t["trial_id"] == best_trial.trial_id)["epochs"])
     best = {"model": model_name, "val_accuracy": best_trial.score, "trial_id": best_trial.trial_id,
             **({"budget": cost} if cost else {}), "hparams": overrides}
-    (folder / "best_hparams.json").write_text(json.dumps(best, indent=2) + "\n")
-    (folder / "trials.json").write_text(json.dumps(trials, indent=2) + "\n")
+    records.write(folder / "best_hparams.json", best)
+    records.write(folder / "trials.json", trials)
     records.write(folder / "search.json", {
         "kind": "tune", "model": model_name, "tuner": kind, "command": command,
         "max_trials": max_trials, "epochs": epochs, "max_epochs": max_epochs, "budget": cost or None,
@@ -177,6 +183,6 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, tr
         "val_images": len(val), "seed": seed, "precision": policy, "trials": len(trials),
         "run_wall_time_s": round(time.perf_counter() - started, 1),
         "search_wall_time_s": None if earlier_time is None else round(earlier_time + time.perf_counter() - started, 1),
-        "best": best, **records.environment(),
+        "best": best, **runtime.environment(), "code": records.code_version(),
     })
     return best, trials

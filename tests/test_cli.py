@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_keras import cli, train
+from cifar_keras import cli, runtime, train
+from cifar_keras.config import make_config
 
 QUICK = ["--epochs", "2", "--batch-size", "50", "--val-size", "100", "--precision", "float32"]
 
@@ -20,7 +21,7 @@ def read_log(path):
 @pytest.fixture(scope="module")
 def fitted(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    argv = ["fit", "mlp", *QUICK, "--data-dir", str(data_root), "--output-dir", str(out)]
+    argv = ["fit", "mlp", *QUICK, "--hparams", "none", "--data-dir", str(data_root), "--output-dir", str(out)]
     assert cli.main(argv) == 0
     return out, json.loads((out / "mlp.json").read_text())
 
@@ -32,7 +33,13 @@ def test_fit_writes_model_log_and_run_record(fitted):
     assert record["command"].startswith("python -m cifar_keras fit mlp --epochs 2")
     assert record["params"] == keras.saving.load_model(out / "mlp.keras").count_params()
     assert record["backend"] == keras.backend.backend() and record["hardware"]["cores"] >= 1
-    assert record["throughput"]["train_images_per_s"] > 0
+    log = read_log(out / "mlp.log.csv")
+    train_time = sum(float(row["train_time"]) for row in log)
+    assert record["throughput"]["train_images_per_s"] == pytest.approx(2 * 500 / train_time, rel=0.01)
+    assert record["config"] == make_config("mlp", epochs=2, batch_size=50, val_size=100,
+                                           precision="float32").to_dict()
+    assert record["hparams"] == "built-in" and record["hparams_file"] is None
+    assert record["compute"]["training_flops"] == 3 * record["compute"]["forward_flops_per_image"] * 1000
     assert 0 <= record["test"]["top1"] <= record["test"]["top5"] <= 100
     log = read_log(out / "mlp.log.csv")
     assert [row["epoch"] for row in log] == ["0", "1"]
@@ -55,13 +62,15 @@ def test_saved_model_is_float32_and_predicts_raw_pixels(fitted):
     out, _ = fitted
     model = keras.saving.load_model(out / "mlp.keras")
     assert all(w.dtype == "float32" for w in model.weights)
-    probs = model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0)
-    assert probs.shape == (2, 100)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    probs = model.predict(pixels, verbose=0)
+    assert probs.shape == (2, 100) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert np.allclose(model.predict(pixels.astype(np.float32), verbose=0), probs, atol=1e-6)
 
 
 def test_cnn_learns_the_synthetic_cue(data_root, tmp_path):
     """A few epochs of the CNN beat chance (1%) clearly: the whole loop trains."""
-    config = train.make_config("cnn", epochs=10, batch_size=50, val_size=100, precision="float32",
+    config = make_config("cnn", epochs=10, batch_size=50, val_size=100, precision="float32",
                                learning_rate=0.1, label_smoothing=0.0, crop_pad=0,
                                model_args=dict(widths=(16, 32, 32), stem_width=8))
     record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
@@ -75,7 +84,7 @@ class Interrupt(keras.callbacks.Callback):
 
 
 def test_interrupted_fit_resumes_where_it_stopped(data_root, tmp_path):
-    config = train.make_config("mlp", epochs=4, batch_size=50, val_size=100, precision="float32",
+    config = make_config("mlp", epochs=4, batch_size=50, val_size=100, precision="float32",
                                model_args=dict(hidden=(32, 16)))
     with pytest.raises(KeyboardInterrupt):
         train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Interrupt()])
@@ -86,7 +95,7 @@ def test_interrupted_fit_resumes_where_it_stopped(data_root, tmp_path):
 
 
 def test_a_fresh_fit_in_the_same_dir_starts_over(data_root, tmp_path):
-    config = train.make_config("mlp", epochs=1, batch_size=50, val_size=100, precision="float32",
+    config = make_config("mlp", epochs=1, batch_size=50, val_size=100, precision="float32",
                                model_args=dict(hidden=(32, 16)))
     train.fit(config, data_dir=data_root, output_dir=tmp_path)
     record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
@@ -103,21 +112,23 @@ def test_bad_input_is_one_line_error(argv, message, data_root, capsys):
     if "--data-dir" not in argv:
         argv = [*argv, "--data-dir", str(data_root)]
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"error: {err[7:]}" and message in err and "\n" not in err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and err.endswith("\n")
 
 
 def test_corrupt_model_file_is_one_line_error(tmp_path, data_root, capsys):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"not a zip")
     assert cli.main(["evaluate", str(bad), "--data-dir", str(data_root)]) == 2
-    assert "broken.keras: cannot load model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: cannot load model") and err.count("\n") == 1
 
 
 def test_bad_option_value_is_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["fit", "cnn", "--epochs", "-3"])
-    assert exit_info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith("fit: error: argument --epochs: must be >= 1, got -3\n")
 
 
 def test_no_test_leaves_the_test_set_unseen(data_root, tmp_path, monkeypatch, capsys):
@@ -138,9 +149,147 @@ def test_no_test_leaves_the_test_set_unseen(data_root, tmp_path, monkeypatch, ca
     ({"avx2"}, ["GPU 0"], "mixed_float16"),
 ])
 def test_auto_precision_follows_the_hardware(flags, gpus, policy, monkeypatch):
-    from cifar_keras import records
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(runtime, "gpus", lambda: gpus)
+    assert runtime.resolve_precision("auto") == policy
+    assert runtime.resolve_precision("float32") == "float32"
 
-    monkeypatch.setattr(records, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(records, "gpus", lambda: gpus)
-    assert train.resolve_precision("auto") == policy
-    assert train.resolve_precision("float32") == "float32"
+
+TINY_MLP = dict(batch_size=50, val_size=100, precision="float32", model_args=dict(hidden=(32, 16), dropout=0.0))
+
+
+class Stop(keras.callbacks.Callback):
+    """Interrupts a run at the end of epoch `at`, after its backup was written."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at:
+            raise KeyboardInterrupt
+
+
+def weights_of(path):
+    return keras.saving.load_model(path).get_weights()
+
+
+def test_a_resumed_run_ends_as_an_uninterrupted_one(data_root, tmp_path):
+    """Same batches after the resume, so the same final weights (a resume that reshuffles fails this)."""
+    config = make_config("mlp", epochs=3, **TINY_MLP)
+    straight = train.fit(config, data_dir=data_root, output_dir=tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(config, data_dir=data_root, output_dir=tmp_path / "resumed", extra_callbacks=[Stop(0)])
+    resumed = train.fit(config, data_dir=data_root, output_dir=tmp_path / "resumed")
+    assert resumed["resumed"] and resumed["epochs"] == 3
+    for a, b in zip(weights_of(tmp_path / "straight" / "mlp.keras"), weights_of(tmp_path / "resumed" / "mlp.keras")):
+        assert np.allclose(a, b, atol=1e-5)
+    straight_log, resumed_log = read_log(tmp_path / "straight" / "mlp.log.csv"), read_log(tmp_path / "resumed" / "mlp.log.csv")
+    assert [float(r["val_loss"]) for r in resumed_log] == pytest.approx([float(r["val_loss"]) for r in straight_log], rel=1e-4)
+
+
+class Snapshot(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights = self.model.get_weights()
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_of_before(data_root, tmp_path):
+    """An epoch before the interruption that scored best stays the saved model after the resume."""
+    config = make_config("mlp", epochs=3, **TINY_MLP)
+    snapshot = Snapshot()
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[snapshot, Stop(0)])
+    log = tmp_path / "mlp.log.csv"
+    rows = read_log(log)
+    rows[0]["val_accuracy"] = "1.0"  # epoch 0 scored best: no later epoch may replace its checkpoint
+    with open(log, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    assert record["best_epoch"] == 1
+    for saved, best in zip(weights_of(tmp_path / "mlp.keras"), snapshot.weights):
+        assert np.allclose(saved, best)
+
+
+class FlatValidation(keras.callbacks.Callback):
+    """Reports the same validation accuracy every epoch: no epoch improves."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_accuracy"] = 0.5
+
+
+@pytest.mark.parametrize("patience, epochs_run", [(0, 4), (1, 2), (2, 3)])
+def test_patience_stops_a_run_that_stopped_improving(patience, epochs_run, data_root, tmp_path):
+    config = make_config("mlp", epochs=4, patience=patience, **TINY_MLP)
+    record = train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[FlatValidation()])
+    assert record["epochs"] == epochs_run
+
+
+def test_fit_tta_saves_the_flip_averaged_model_and_states_its_cost(data_root, tmp_path):
+    from cifar_keras import models
+
+    config = make_config("mlp", epochs=1, tta=True, **TINY_MLP)
+    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    saved = keras.saving.load_model(tmp_path / "mlp.keras")
+    assert saved.name == "mlp_flip_tta" and record["flip_tta"] is True
+    assert "top1_flip_tta" in record["val"] and "top1_float32" in record["val"]
+    base = models.mlp(hidden=(32, 16), dropout=0.0)
+    assert record["params"] == base.count_params()  # the mirror's fixed 32x32 matrix is not a parameter
+    compute = record["compute"]
+    assert compute["inference_flops_per_image"] == 2 * compute["forward_flops_per_image"] + 2 * 32 * 32 * 96
+
+
+def test_evaluate_on_the_validation_split_matches_the_record(fitted, data_root, capsys):
+    out, record = fitted
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out / "mlp.keras"), "--split", "val", "--val-size", "100",
+                     "--data-dir", str(data_root)]) == 0
+    result = json.loads(capsys.readouterr().out)["val"]
+    assert result["images"] == 100 and result["top1"] == pytest.approx(record["val"]["top1_float32"], abs=0.01)
+
+
+def test_fit_announces_the_run_and_writes_tensorboard_logs(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no tuning/ folder here: the built-in recipe
+    argv = ["fit", "mlp", *QUICK, "--epochs", "1", "--data-dir", str(data_root), "--output-dir", "out",
+            "--tensorboard", "tb"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]
+    assert first.startswith("fit: mlp = mlp (built-in recipe), tensorflow backend, float32, 1 replica(s)")
+    assert "500 training images, 1 epochs" in first
+    assert "of training steps left" in out
+    assert list((tmp_path / "tb" / "train").glob("events.out.tfevents.*"))
+
+
+def test_fit_records_the_hyperparameter_file_and_code_version(data_root, tmp_path, monkeypatch):
+    import hashlib
+
+    path = tmp_path / "hp.json"
+    path.write_text(json.dumps({"model": "mlp", "hparams": {"learning_rate": 0.004, "model_args": {"hidden": [32, 16]}}}))
+    argv = ["fit", "mlp", *QUICK, "--epochs", "1", "--hparams", str(path), "--data-dir", str(data_root),
+            "--output-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    record = json.loads((tmp_path / "mlp.json").read_text())
+    assert record["hparams"] == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert record["config"]["learning_rate"] == 0.004 and record["config"]["model_args"] == {"hidden": [32, 16]}
+    assert len(record["code"]["git_commit"]) == 40 and isinstance(record["code"]["git_dirty"], bool)
+
+
+def test_unknown_model_args_in_a_hyperparameter_file_is_one_line_error(tmp_path, capsys):
+    path = tmp_path / "hp.json"
+    path.write_text(json.dumps({"model": "mlp", "hparams": {"model_args": {"depth": 3}}}))
+    assert cli.main(["fit", "mlp", "--hparams", str(path)]) == 2
+    assert capsys.readouterr().err == f"error: {path}: unknown model_args for mlp: depth\n"
+
+
+def test_a_plain_command_prints_no_tensorflow_start_up_lines(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "cifar_keras", "evaluate", str(tmp_path / "none.keras")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert done.stderr == f"error: {tmp_path / 'none.keras'}: model file not found\n"

@@ -1,6 +1,10 @@
 import hashlib
+import io
 import os
 import pickle
+import subprocess
+import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -35,6 +39,94 @@ def test_tar_gz_in_data_dir_is_extracted(tmp_path):
     (tmp_path / "src").rename(tmp_path / "elsewhere")
     d = data.load(archive.parent)
     assert len(d.train) == 600
+
+
+@pytest.fixture
+def old_tarfile(monkeypatch):
+    """tarfile as before Python 3.10.12 / 3.11.4: no data_filter, and extractall() takes no filter."""
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    extractall = tarfile.TarFile.extractall
+
+    def extractall_without_filter(self, path=".", members=None, **kwargs):
+        if "filter" in kwargs:
+            raise TypeError("extractall() got an unexpected keyword argument 'filter'")
+        return extractall(self, path, members, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_without_filter)
+    # Newer Pythons warn about, or default to, a filter: extract unfiltered, as the old ones did.
+    monkeypatch.setattr(tarfile.TarFile, "extraction_filter", staticmethod(lambda member, dest: member), raising=False)
+
+
+def write_tar(archive, name, kind=tarfile.REGTYPE, linkname=""):
+    """A .tar.gz with a harmless cifar-100-python/ folder and one member `name` of the given kind."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        folder = tarfile.TarInfo("cifar-100-python")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        member = tarfile.TarInfo(name)
+        member.type, member.linkname = kind, linkname
+        payload = b"owned" if kind == tarfile.REGTYPE else b""
+        member.size = len(payload)
+        tar.addfile(member, io.BytesIO(payload))
+    return archive
+
+
+UNSAFE_MEMBERS = [
+    pytest.param("../evil", tarfile.REGTYPE, "", id="dot-dot-path"),
+    pytest.param("cifar-100-python/link", tarfile.SYMTYPE, "../../evil", id="symlink-out"),
+    pytest.param("cifar-100-python/link", tarfile.SYMTYPE, "/etc/passwd", id="absolute-symlink"),
+    pytest.param("cifar-100-python/hard", tarfile.LNKTYPE, "../evil", id="hardlink-out"),
+    pytest.param("cifar-100-python/tty", tarfile.CHRTYPE, "", id="device"),
+]
+
+
+def check_refused(tmp_path, name, kind, linkname):
+    archive = write_tar(tmp_path / "inner" / data.ARCHIVE_NAME, name, kind, linkname)
+    with pytest.raises(UserError) as refused:
+        data.load(archive.parent)
+    message = str(refused.value)
+    assert message.startswith(f"{archive}: ") and "\n" not in message
+    assert not (tmp_path / "evil").exists()
+    return message
+
+
+@pytest.mark.parametrize("name, kind, linkname", UNSAFE_MEMBERS)
+def test_unsafe_archive_member_is_refused(tmp_path, name, kind, linkname):
+    check_refused(tmp_path, name, kind, linkname)
+
+
+@pytest.mark.parametrize("name, kind, linkname", UNSAFE_MEMBERS + [
+    pytest.param("/tmp/evil", tarfile.REGTYPE, "", id="absolute-path"),  # the "data" filter strips the "/"
+])
+def test_unsafe_archive_member_is_refused_without_tarfile_filters(tmp_path, old_tarfile, name, kind, linkname):
+    message = check_refused(tmp_path, name, kind, linkname)
+    assert f"'{linkname or name}'" in message
+
+
+def test_archive_is_extracted_without_tarfile_filters(tmp_path, old_tarfile):
+    archive = write_archive(tmp_path)
+    (tmp_path / "src").rename(tmp_path / "elsewhere")
+    d = data.load(archive.parent)
+    assert len(d.train) == 600 and d.fine_names == FINE
+
+
+NO_NUMPY_UNDERSCORE_CORE = """
+import hashlib, sys
+import numpy
+del numpy._core  # as on numpy 1.26, which has only numpy.core
+from cifar_keras import data
+split = data.load_split(sys.argv[1])
+print(hashlib.md5(split.images.tobytes() + split.fine.tobytes()).hexdigest())
+"""
+
+
+def test_unpickler_works_without_numpy_underscore_core(data_root):
+    path = data_root / "cifar-100-python" / "train"
+    run = subprocess.run([sys.executable, "-c", NO_NUMPY_UNDERSCORE_CORE, str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    split = data.load_split(path)
+    assert run.stdout.strip() == hashlib.md5(split.images.tobytes() + split.fine.tobytes()).hexdigest()
 
 
 def test_env_var_names_the_data_dir(data_root, monkeypatch):

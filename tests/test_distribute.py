@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from cifar_keras import models
+from cifar_keras.config import RECIPES
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -18,8 +18,9 @@ SCRIPT = textwrap.dedent("""
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from cifar_keras import train
-    config = train.make_config("mlp", epochs=2, batch_size=25, val_size=100, precision="float32",
-                               distribute="mirrored", model_args={"hidden": [32, 16]})
+    from cifar_keras.config import make_config
+    config = make_config("mlp", epochs=2, batch_size=25, val_size=100, precision="float32",
+                         distribute="mirrored", model_args={"hidden": [32, 16]})
     record = train.fit(config, data_dir=sys.argv[1], output_dir=sys.argv[2])
     print(json.dumps(record))
 """)
@@ -36,7 +37,9 @@ def test_mirrored_fit_scales_batch_and_learning_rate(backend, data_root, tmp_pat
     record = json.loads(done.stdout.strip().splitlines()[-1])
     assert record["backend"] == backend and record["replicas"] == 2
     assert record["global_batch_size"] == 50 and record["config"]["batch_size"] == 25
-    assert record["scaled_learning_rate"] == pytest.approx(2 * models.MODELS["mlp"].defaults["learning_rate"])
+    assert record["scaled_learning_rate"] == pytest.approx(2 * RECIPES["mlp"]["learning_rate"])
+    assert record["config"]["learning_rate"] == RECIPES["mlp"]["learning_rate"]  # the per-replica value
+    assert record["config"]["distribute"] == "mirrored" and record["config"]["model_args"] == {"hidden": [32, 16]}
     assert record["epochs"] == 2 and (tmp_path / "mlp.keras").is_file()
     # 500 training images in global batches of 50: 10 steps an epoch.
     assert record["throughput"]["train_images_per_s"] > 0 and record["train_images"] == 500

@@ -138,4 +138,4 @@ def test_rgba_is_composited_on_white(tmp_path):
 def test_wrong_model_path_is_one_line_error(model, message, images, capsys):
     assert cli.main(["predict", model, str(images / "small.png")]) == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+    assert err.startswith(f"error: {model}: {message}") and err.endswith("\n") and err.count("\n") == 1

@@ -2,11 +2,21 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_keras import cli, data, models
+from cifar_keras import cli, config, data, models
 
 
-def test_registry_matches_the_command_line():
-    assert set(models.MODELS) == set(cli.MODEL_NAMES)
+def test_registry_matches_the_command_line_and_the_recipes():
+    assert set(models.MODELS) == set(cli.MODEL_NAMES) == set(config.RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_model_args_must_be_arguments_of_the_builder(name):
+    import keras_tuner
+
+    space_args = models.MODELS[name].space(keras_tuner.HyperParameters())["model_args"]
+    assert models.check_model_args(space_args, name, "space") == space_args  # the search space builds
+    with pytest.raises(cli.UserError, match=rf"^best.json: unknown model_args for {name}: colour, size$"):
+        models.check_model_args({**space_args, "size": 3, "colour": "red"}, name, "best.json")
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))

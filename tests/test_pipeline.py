@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from cifar_keras import data
-from cifar_keras.pipeline import make_dataset
+from cifar_keras.pipeline import augment, cutout, make_dataset, train_batches
 
 
 @pytest.fixture(scope="module")
@@ -22,20 +23,44 @@ def test_eval_pipeline_is_the_raw_data_in_order(split):
 
 
 def test_training_batches_are_full_and_shuffled(split):
-    out = batches(make_dataset(split, 24, training=True, crop_pad=0, flip=False))
-    assert [len(x) for x, _ in out] == [24, 24]  # remainder dropped
+    out = batches(train_batches(split, 24, crop_pad=0, flip=False))
+    assert [len(x) for x, _ in out] == [24, 24]  # one epoch of 64 // 24 full batches: remainder dropped
+    assert all(x.dtype == np.float32 and y.shape == (24, 100) for x, y in out)
     labels = np.concatenate([y.argmax(1) for _, y in out])
     assert not (labels == split.fine[:48]).all()
+    # Not augmented here: each batch holds 48 distinct images of the split, with their labels.
+    originals = {image.tobytes(): label for image, label in zip(split.images.astype(np.float32), split.fine)}
+    seen = [image.tobytes() for x, _ in out for image in x]
+    assert len(set(seen)) == 48 and [originals[image] for image in seen] == list(labels)
 
 
 def test_seeded_pipeline_is_reproducible_and_changes_each_epoch(split):
-    ds = make_dataset(split, 32, training=True, seed=7)
-    epoch1, epoch2 = batches(ds), batches(ds)
-    again = batches(make_dataset(split, 32, training=True, seed=7))
-    assert all((a[0] == b[0]).all() for a, b in zip(epoch1, again))
+    ds = train_batches(split, 32, seed=7, epochs=2)
+    out = batches(ds)
+    assert len(out) == 4  # two epochs of 64 // 32 batches
+    epoch1, epoch2 = out[:2], out[2:]
+    again = batches(train_batches(split, 32, seed=7, epochs=2))
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(out, again))
+    # Iterating the same dataset again gives the same batches too (stateless random ops).
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(out, batches(ds)))
     assert not (epoch1[0][0] == epoch2[0][0]).all()
-    other_seed = batches(make_dataset(split, 32, training=True, seed=8))
+    other_seed = batches(train_batches(split, 32, seed=8, epochs=2))
     assert not (epoch1[0][0] == other_seed[0][0]).all()
+
+
+def test_a_later_epoch_is_the_same_whether_or_not_earlier_epochs_ran(split):
+    # Every random op on: shuffle, crop, flip and cutout.
+    options = dict(seed=3, crop_pad=4, flip=True, cutout_size=8)
+    full = batches(train_batches(split, 16, first_epoch=0, epochs=3, **options))
+    resumed = batches(train_batches(split, 16, first_epoch=1, epochs=3, **options))
+    assert len(full) == 12 and len(resumed) == 8  # 64 // 16 = 4 batches an epoch
+    for (x, y), (x_full, y_full) in zip(resumed, full[4:]):
+        assert (x == x_full).all() and (y == y_full).all()
+    # Epoch 1 is not a replay of epoch 0: another order and other augmentations.
+    epoch0, epoch1 = full[:4], full[4:8]
+    labels = [np.concatenate([y.argmax(1) for _, y in epoch]) for epoch in (epoch0, epoch1)]
+    assert sorted(labels[0]) == sorted(labels[1]) and not (labels[0] == labels[1]).all()
+    assert all(not (a[0] == b[0]).all() for a, b in zip(epoch0, epoch1))
 
 
 def originals_by_label(split):
@@ -46,7 +71,7 @@ def test_flip_only_gives_the_image_or_its_mirror(split):
     by_label = originals_by_label(split.take(np.unique(split.fine, return_index=True)[1]))
     unique = split.take(np.unique(split.fine, return_index=True)[1])
     flips = 0
-    for x, y in batches(make_dataset(unique, len(unique), training=True, crop_pad=0, flip=True)):
+    for x, y in batches(train_batches(unique, len(unique), crop_pad=0, flip=True)):
         for image, label in zip(x, y.argmax(1)):
             original = by_label[int(label)].astype(np.float32)
             mirrored = (image == original[:, ::-1]).all()
@@ -59,7 +84,7 @@ def test_crop_is_a_window_of_the_reflect_padded_image(split):
     unique = split.take(np.unique(split.fine, return_index=True)[1])
     by_label = originals_by_label(unique)
     shifted = 0
-    for x, y in batches(make_dataset(unique, len(unique), training=True, crop_pad=4, flip=False)):
+    for x, y in batches(train_batches(unique, len(unique), crop_pad=4, flip=False)):
         for image, label in zip(x, y.argmax(1)):
             padded = np.pad(by_label[int(label)], ((4, 4), (4, 4), (0, 0)), mode="reflect").astype(np.float32)
             windows = [(r, c) for r in range(9) for c in range(9) if (padded[r:r + 32, c:c + 32] == image).all()]
@@ -68,8 +93,34 @@ def test_crop_is_a_window_of_the_reflect_padded_image(split):
     assert shifted > 0
 
 
-def test_cutout_blanks_a_square(split):
-    (x, _), = batches(make_dataset(split, 64, training=True, crop_pad=0, flip=False, cutout_size=8))
-    zero_pixels = (x == 0).all(axis=3).sum(axis=(1, 2))
-    # A centred 9x9 (size//2 either side) square, clipped at the borders.
-    assert zero_pixels.max() == 81 and zero_pixels.min() >= 25
+def zeroed_boxes(images):
+    """Per image: (zeroed pixels, height and width of their bounding box, whether it touches the border)."""
+    zero = images == 0
+    # Cutout blanks every channel of a pixel, or none of them.
+    assert (zero.all(axis=3) == zero.any(axis=3)).all()
+    boxes = []
+    for mask in zero.all(axis=3):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+        border = rows[0] == 0 or cols[0] == 0 or rows[-1] == 31 or cols[-1] == 31
+        boxes.append((mask.sum(), height, width, border))
+    return boxes
+
+
+@pytest.mark.parametrize("size", [8, 5])
+def test_cutout_blanks_exactly_a_size_by_size_square(size):
+    images = tf.ones([256, 32, 32, 3], tf.uint8)  # no zeros but those cutout makes
+    boxes = zeroed_boxes(cutout(images, size, tf.constant([3, 4], tf.int64)).numpy())
+    inner = [box for box in boxes if not box[3]]
+    assert len(inner) > 100  # most centres are far enough from the border
+    assert all(box[:3] == (size * size, size, size) for box in inner)
+    # Near the border the square is clipped, never grown; the centre stays in the image.
+    for count, height, width, _ in boxes:
+        assert count == height * width  # a filled rectangle
+        assert (size + 1) // 2 <= min(height, width) and max(height, width) <= size
+
+
+def test_augment_applies_cutout_of_the_asked_size(split):
+    x = augment(tf.constant(split.images), tf.constant([5, 6], tf.int64), crop_pad=0, flip=False, cutout_size=8)
+    boxes = zeroed_boxes(x.numpy())  # the synthetic images have no all-zero pixels of their own
+    assert max(count for count, *_ in boxes) == 64 and min(count for count, *_ in boxes) >= 16

@@ -97,6 +97,19 @@ def test_figures_and_analysis_are_written_and_stable(project, data_root, tmp_pat
     assert readme.read_text() == text and "already up to date" in capsys.readouterr().out
 
 
+def test_missing_model_is_a_one_line_error(project, data_root, tmp_path, capsys):
+    readme, records = project  # cnn.json is there, cnn.keras is not
+    before = readme.read_text()
+    argv = ["report", "--readme", str(readme), "--records", str(records), "--figures", str(tmp_path / "docs"),
+            "--data-dir", str(data_root)]
+    assert cli.main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert f"{records / 'cnn.keras'}: " in lines[0] and "not found" in lines[0]
+    # Nothing was half-done: no figures, README as it was.
+    assert not (tmp_path / "docs").exists() and readme.read_text() == before
+
+
 def test_evaluate_writes_figures(data_root, tmp_path):
     from cifar_keras import models
 

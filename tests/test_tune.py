@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cifar_keras import cli, train, tune
+from cifar_keras import cli, config, models, train, tune
 from cifar_keras.errors import UserError
 
 TINY = ["--train-size", "300", "--val-size", "100", "--precision", "float32"]
@@ -69,34 +69,48 @@ def test_fit_uses_best_hparams_and_flags_override(data_root, tmp_path, monkeypat
     ("{broken", "not valid JSON"),
     (json.dumps({"model": "mlp"}), "no 'hparams' object"),
     (json.dumps({"model": "cnn", "hparams": {}}), "are for 'cnn', not 'mlp'"),
-    (json.dumps({"hparams": {"learning_rat": 0.1}}), "unknown hyperparameters for mlp: learning_rat"),
-    (json.dumps({"hparams": {"model_args": {"depth": 3}}}), "model_args.depth"),
-    (json.dumps({"hparams": {"learning_rate": "fast"}}), "'learning_rate' must be a non-negative number"),
+    (json.dumps({"hparams": {"learning_rat": 0.1}}), "unknown option 'learning_rat'"),
+    (json.dumps({"hparams": {"model_args": [3]}}), "'model_args' must be an object"),
+    (json.dumps({"hparams": {"learning_rate": "fast"}}), "'learning_rate' must be float, got 'fast'"),
+    (json.dumps({"hparams": {"batch_size": 0}}), "'batch_size' must be >= 1, got 0"),
+    (json.dumps({"hparams": {"crop_pad": 2.5}}), "'crop_pad' must be int, got 2.5"),
 ])
 def test_invalid_hparams_file_is_a_clear_error(content, message, tmp_path):
     path = tmp_path / "best_hparams.json"
     path.write_text(content)
     with pytest.raises(UserError, match=message) as error:
-        train.read_hparams(path, "mlp")
-    assert str(path) in str(error.value)
+        config.read_hparams(path, "mlp")
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_unknown_model_args_in_hparams_file_stop_fit_with_one_line(data_root, tmp_path, capsys):
+    path = tmp_path / "best_hparams.json"
+    path.write_text(json.dumps({"model": "mlp", "hparams": {"model_args": {"hidden": [8], "depth": 3}}}))
+    argv = ["fit", "mlp", "--hparams", str(path), "--epochs", "1", "--val-size", "100", "--precision", "float32",
+            "--data-dir", str(data_root), "--output-dir", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: unknown model_args for mlp: depth"]
+    assert not (tmp_path / "out" / "mlp.json").exists()  # stopped before training
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_search_space_defaults_are_the_built_in_recipe(model):
+    import dataclasses
     import inspect
 
     import keras_tuner
 
-    from cifar_keras import models
-
     spec, hp = models.get_spec(model), keras_tuner.HyperParameters()
-    found = train.make_config(model, hparams=spec.space(hp))
-    recipe = train.make_config(model)
+    found = config.make_config(model, hparams=spec.space(hp))
+    recipe = config.make_config(model)
+    assert isinstance(found, config.RunConfig) and isinstance(recipe, config.RunConfig)
     builder = {k: p.default for k, p in inspect.signature(spec.build).parameters.items()}
-    for key, value in found.pop("model_args").items():
+    assert found.model_args  # the space sets builder arguments ...
+    for key, value in found.model_args.items():  # ... at the builder's defaults
         assert list(value) == list(builder[key]) if isinstance(value, (list, tuple)) else value == builder[key]
-    recipe.pop("model_args")
-    assert found == recipe
+    assert recipe.model_args == {}
+    assert dataclasses.replace(found, model_args={}) == recipe
 
 
 def test_budget_epochs_is_the_nearest_whole_number_that_fits():
@@ -133,3 +147,50 @@ def test_budget_needs_a_tuner_that_lets_trials_set_their_epochs(data_root, tmp_p
     with pytest.raises(SystemExit):
         cli.main(["tune", "mlp", "--budget", "soon"])
     assert "must be 'recipe' or a positive number of minutes" in capsys.readouterr().err
+
+
+def test_a_continued_hyperband_trial_does_not_warm_up_again(data_root):
+    """Hyperband continues a trial at `initial_epoch`: the schedule must go on from there, not restart."""
+    import keras
+    import keras_tuner
+    import numpy as np
+
+    from cifar_keras import data
+    from cifar_keras.pipeline import make_dataset
+
+    dataset = data.load(data_root)
+    train_split, val_split = dataset.train.take(np.arange(200)), dataset.train.take(np.arange(200, 300))
+    # Half of the two epochs is warm-up, so a restarted schedule would start at a learning rate of 0.
+    hypermodel = tune.CifarHyperModel("mlp", train_split, batch_size=50, warmup=0.5, model_args={"hidden": [16]},
+                                      precision="float32")
+    hp = keras_tuner.HyperParameters()
+    hypermodel.space(hp)
+    hp.values["tuner/epochs"], hp.values["tuner/initial_epoch"] = 2, 1  # as Hyperband sets them
+    trial_config = hypermodel.config(hp)
+    assert trial_config.epochs == 2 and trial_config.batch_size == 50
+    steps = hypermodel.steps(trial_config)
+    assert steps == 4
+    model = hypermodel.build(hp)
+    assert [l.units for l in model.layers if isinstance(l, keras.layers.Dense)] == [16, 100]  # tiny
+
+    class Seen(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.iterations, self.learning_rates = [], []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.iterations.append(int(self.model.optimizer.iterations.numpy()))
+            self.learning_rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    seen = Seen()
+    hypermodel.fit(hp, model, epochs=2, initial_epoch=1, validation_data=make_dataset(val_split, 100),
+                   callbacks=[seen], verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 2 * steps  # one epoch trained, on top of the inherited one
+    assert seen.iterations == list(range(steps, 2 * steps))
+    peak = trial_config.learning_rate
+    schedule = train.make_schedule(trial_config, steps)  # what hypermodel.build compiled the model with
+    assert float(schedule(0)) == 0.0 and float(schedule(steps)) == pytest.approx(peak)  # the warm-up's start and end
+    assert seen.learning_rates[0] == pytest.approx(peak)  # where the first epoch left the schedule, not 0
+    # Then the cosine decay, step by step, towards zero at the trial's end.
+    assert seen.learning_rates == pytest.approx([float(schedule(i)) for i in range(steps, 2 * steps)])
+    assert (np.diff(seen.learning_rates) < 0).all() and seen.learning_rates[-1] > 0

@@ -1,0 +1,185 @@
+"""The one schema of a training run: every option with its type, range, default and help.
+
+`fit`'s and `tune`'s flags, the checks on `--hparams` files, each model's recipe and the
+`config` block of a run record all come from `RunConfig`. A model's recipe is a set of
+overrides of the defaults (`RECIPES`). Adding an option means adding one field here.
+
+This module imports no Keras, so `--help` stays fast.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cifar_keras.errors import UserError
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+# fit --help shows the options in these groups, in this order.
+GROUPS = {"data": "data", "model": "model and recipe", "schedule": "schedule",
+          "augmentation": "augmentation", "hardware": "hardware", "output": "output"}
+
+
+def option(default, group, help, *, kind=None, low=None, high=None, choices=None, flag=None):
+    """A RunConfig field: `kind` is its type (default: the type of `default`), [`low`, `high`] its range."""
+    kind = kind or type(default)
+    return field(default=default, metadata=dict(group=group, help=help, kind=kind, low=low, high=high,
+                                                choices=choices, flag=flag))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides what a `fit` run trains and how (not where its files go)."""
+
+    model: str = option("cnn", "model", "registered model to train", choices=("mlp", "cnn"))
+    model_args: dict = field(default_factory=dict, metadata=dict(group="model", help="builder keyword arguments"))
+    label_smoothing: float = option(0.2, "model", "label smoothing of the cross-entropy", low=0.0, high=0.99)
+    tta: bool = option(False, "model", "save the model averaged over each image and its mirror image "
+                       "(flip test-time augmentation; doubles inference cost, not training cost)")
+
+    epochs: int = option(15, "schedule", "training epochs", low=1)
+    batch_size: int = option(256, "schedule", "images per step (per replica with --distribute)", low=1)
+    optimizer: str = option("sgd", "schedule", "sgd (Nesterov momentum 0.9) or adamw", choices=("sgd", "adamw"))
+    learning_rate: float = option(0.2, "schedule", "peak learning rate (per replica)", low=0.0, flag="--lr")
+    weight_decay: float = option(5e-4, "schedule", "decoupled weight decay (not on BatchNorm or biases)", low=0.0)
+    warmup: float = option(2 / 15, "schedule", "linear warm-up, as a fraction of the run's steps", low=0.0, high=1.0)
+    patience: int = option(0, "schedule", "stop after N epochs without validation gain (0: never)", low=0)
+
+    crop_pad: int = option(4, "augmentation", "random-crop padding in pixels (0: no crop)", low=0, high=16)
+    flip: bool = option(True, "augmentation", "random horizontal flips")
+    cutout_size: int = option(0, "augmentation", "cutout square side in pixels (0: off)", low=0, high=32,
+                              flag="--cutout")
+
+    seed: int = option(0, "data", "seed of the validation split, the initialisation and the batches", low=0)
+    val_size: int = option(5000, "data", "validation images carved (stratified) from the training set", low=100)
+    train_size: int = option(None, "data", "train on a stratified subset of N images (default: all the rest)",
+                             kind=int, low=100)
+    test_set: bool = option(True, "data", "evaluate the selected model once on the test set (--no-test: "
+                            "judge on validation only, for recipe studies)", flag="--test")
+
+    precision: str = option("auto", "hardware", "auto: bfloat16 on CPUs with AMX, float16 on GPUs, else float32",
+                            choices=PRECISIONS)
+    distribute: str = option("none", "hardware", "mirrored: synchronous data parallelism over this machine's "
+                             "devices (TensorFlow MirroredStrategy, JAX DataParallel); batch size and learning rate "
+                             "are per replica", choices=("none", "mirrored"))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+DEFAULTS = RunConfig()
+
+# Each model's recipe: what differs from RunConfig's defaults.
+RECIPES = {
+    "mlp": dict(epochs=40, optimizer="adamw", learning_rate=2e-3, weight_decay=0.05, label_smoothing=0.1,
+                warmup=0.05, crop_pad=2),
+    "cnn": dict(),
+}
+MODEL_NAMES = tuple(RECIPES)
+
+
+def check(name, value, where):
+    """`value` for option `name` if it has the right type and range, else a one-line UserError."""
+    if name not in FIELDS or name in ("model", "model_args"):  # the model is chosen on the command line
+        raise UserError(f"{where}: unknown option '{name}'")
+    meta = FIELDS[name].metadata
+    kind, low, high, choices = meta["kind"], meta["low"], meta["high"], meta["choices"]
+    if value is None and FIELDS[name].default is None:
+        return None
+    # JSON has one number type: a float option takes an int, an int option takes no 2.5 (and no bool).
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise UserError(f"{where}: '{name}' must be {kind.__name__}, got {value!r}")
+    if choices and value not in choices:
+        raise UserError(f"{where}: '{name}' must be one of {', '.join(choices)}, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise UserError(f"{where}: '{name}' must be {bounds}, got {value!r}")
+    return value
+
+
+def make_config(model, hparams=None, **overrides):
+    """RunConfig of `model`: the defaults, then its recipe, then tuned `hparams`, then non-None `overrides`."""
+    if model not in RECIPES:
+        raise UserError(f"unknown model '{model}': choose one of {', '.join(MODEL_NAMES)}")
+    values = {**RECIPES[model], "model": model}
+    model_args = {}
+    for source, updates in (("hyperparameters", hparams or {}), ("options", overrides)):
+        for name, value in updates.items():
+            if name == "model_args":
+                model_args.update(value or {})
+            elif value is not None:
+                values[name] = check(name, value, source)
+    return RunConfig(**values, model_args=model_args)
+
+
+def read_hparams(path, model):
+    """(hparams, provenance) of a best_hparams.json written by `tune`, every value checked."""
+    from cifar_keras import records
+
+    content = records.read(path)
+    hparams = content.get("hparams") if isinstance(content, dict) else None
+    if not isinstance(hparams, dict):
+        raise UserError(f"{path}: no 'hparams' object")
+    if content.get("model", model) != model:
+        raise UserError(f"{path}: hyperparameters are for '{content['model']}', not '{model}'")
+    if not isinstance(hparams.get("model_args", {}), dict):
+        raise UserError(f"{path}: 'model_args' must be an object")
+    checked = {name: check(name, value, path) for name, value in hparams.items() if name != "model_args"}
+    provenance = {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+    return {**checked, "model_args": hparams.get("model_args", {})}, provenance
+
+
+# --- command-line flags, generated from the fields ---------------------------------------------
+
+def parse_value(name):
+    """argparse `type` for option `name`: converts the text, then applies `check`."""
+    kind = FIELDS[name].metadata["kind"]
+
+    def parse(text):
+        try:
+            return check(name, kind(text), "option")
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e).split(f"'{name}' ", 1)[-1]) from None
+
+    return parse
+
+
+def recipe_values(name):
+    values = {model: RECIPES[model].get(name, FIELDS[name].default) for model in MODEL_NAMES}
+    if len(set(map(repr, values.values()))) == 1:
+        return f"default: {next(iter(values.values()))}"
+    return "default: " + ", ".join(f"{model} {value:g}" if isinstance(value, float) else f"{model} {value}"
+                                   for model, value in values.items())
+
+
+def add_run_options(parser, groups, names):
+    """Flags for the RunConfig fields `names` in their `groups` (argparse groups by key); all default to None,
+    so an unset flag leaves the recipe (or the tuned hyperparameters) as they are."""
+    for name in names:
+        meta = FIELDS[name].metadata
+        flag = meta["flag"] or "--" + name.replace("_", "-")
+        default = FIELDS[name].default
+        help_text = meta["help"] if default is None else f"{meta['help']} ({recipe_values(name)})"
+        if meta["kind"] is bool:
+            groups[meta["group"]].add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                               default=None, help=help_text)
+        else:
+            metavar = "|".join(meta["choices"]) if meta["choices"] else name.upper()
+            groups[meta["group"]].add_argument(flag, dest=name, type=parse_value(name), default=None,
+                                               metavar=metavar, help=help_text)
+
+
+def add_groups(parser):
+    return {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+
+
+def overrides(args, names):
+    return {name: getattr(args, name) for name in names}

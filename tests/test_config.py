@@ -1,0 +1,112 @@
+"""The one run schema: recipes, flags, hyperparameter files and schedules all come from RunConfig."""
+
+import dataclasses
+import json
+
+import pytest
+
+from cifar_keras import cli, config
+from cifar_keras.config import FIELDS, RECIPES, RunConfig, make_config
+from cifar_keras.errors import UserError
+
+FLAG_OPTIONS = [name for name in FIELDS if name not in ("model", "model_args")]
+
+
+def other_value(name):
+    """A valid value of option `name` other than the cnn recipe's."""
+    meta, used = FIELDS[name].metadata, {getattr(make_config("cnn"), name)}
+    if meta["kind"] is bool:
+        return not used.pop()
+    if meta["choices"]:
+        return next(c for c in meta["choices"] if c not in used)
+    low = meta["low"] or 0
+    candidates = [low + 0.25, low + 0.5] if meta["kind"] is float else [low + 1, low + 2, low + 3]
+    return next(c for c in candidates if c not in used and (meta["high"] is None or c <= meta["high"]))
+
+
+def fit_args(argv):
+    return cli.build_parser().parse_args(["fit", "cnn", *argv])
+
+
+@pytest.mark.parametrize("name", FLAG_OPTIONS)
+def test_every_option_is_a_fit_flag_that_reaches_the_config(name):
+    value = other_value(name)
+    flag = FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")
+    argv = [flag if value else flag.replace("--", "--no-", 1)] if isinstance(value, bool) else [flag, str(value)]
+    args = fit_args(argv)
+    built = make_config("cnn", **config.overrides(args, cli.FIT_OPTIONS))
+    assert getattr(built, name) == value
+    others = {k: v for k, v in built.to_dict().items() if k != name}
+    assert others == {k: v for k, v in make_config("cnn").to_dict().items() if k != name}
+
+
+def test_unset_flags_leave_the_recipe():
+    args = fit_args([])
+    assert all(value is None for value in config.overrides(args, cli.FIT_OPTIONS).values())
+    assert make_config("mlp", **config.overrides(args, cli.FIT_OPTIONS)) == make_config("mlp")
+
+
+@pytest.mark.parametrize("model", sorted(RECIPES))
+def test_recipes_are_valid_overrides_of_the_defaults(model):
+    recipe = make_config(model)
+    assert recipe.model == model
+    for name, value in RECIPES[model].items():
+        assert getattr(recipe, name) == value and config.check(name, value, "recipe") == value
+    untouched = set(FIELDS) - set(RECIPES[model]) - {"model"}
+    assert all(getattr(recipe, name) == FIELDS[name].default or name == "model_args" for name in untouched)
+
+
+def test_precedence_is_recipe_then_hyperparameters_then_flags():
+    built = make_config("mlp", hparams={"learning_rate": 0.01, "epochs": 7, "model_args": {"dropout": 0.1}},
+                        epochs=3, batch_size=None)
+    assert built.learning_rate == 0.01  # from the hyperparameters
+    assert built.epochs == 3  # a flag beats them
+    assert built.batch_size == RunConfig().batch_size  # None means "not given"
+    assert built.optimizer == RECIPES["mlp"]["optimizer"] and built.model_args == {"dropout": 0.1}
+
+
+@pytest.mark.parametrize("hparams, message", [
+    ({"batch_size": 0}, "'batch_size' must be >= 1, got 0"),
+    ({"crop_pad": 2.5}, "'crop_pad' must be int, got 2.5"),
+    ({"flip": "yes"}, "'flip' must be bool, got 'yes'"),
+    ({"epochs": True}, "'epochs' must be int, got True"),
+    ({"learning_rate": "fast"}, "'learning_rate' must be float, got 'fast'"),
+    ({"label_smoothing": 1.5}, "'label_smoothing' must be in [0.0, 0.99], got 1.5"),
+    ({"optimizer": "adam"}, "'optimizer' must be one of sgd, adamw, got 'adam'"),
+    ({"learning_rat": 0.1}, "unknown option 'learning_rat'"),
+])
+def test_hyperparameter_files_are_checked_against_the_schema(hparams, message, tmp_path):
+    path = tmp_path / "best_hparams.json"
+    path.write_text(json.dumps({"model": "mlp", "hparams": hparams}))
+    with pytest.raises(UserError) as error:
+        config.read_hparams(path, "mlp")
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_hyperparameter_file_provenance_is_its_hash(tmp_path):
+    import hashlib
+
+    path = tmp_path / "best_hparams.json"
+    path.write_text(json.dumps({"model": "mlp", "hparams": {"learning_rate": 1, "model_args": {"dropout": 0.2}}}))
+    hparams, provenance = config.read_hparams(path, "mlp")
+    assert hparams == {"learning_rate": 1.0, "model_args": {"dropout": 0.2}}
+    assert isinstance(hparams["learning_rate"], float)  # JSON's 1 is a valid float option
+    assert provenance == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def test_fit_help_groups_the_options(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--help"])
+    help_text = capsys.readouterr().out
+    positions = [help_text.index(f"\n{title}:\n") for title in config.GROUPS.values()]
+    assert positions == sorted(positions)
+    section = help_text[positions[3]:positions[4]]  # augmentation
+    assert "--crop-pad" in section and "--cutout" in section and "--lr" not in section
+    assert "mlp 40, cnn 15" in help_text  # each model's recipe is shown
+
+
+def test_config_is_immutable_and_serialisable():
+    built = make_config("cnn")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.epochs = 3
+    assert json.loads(json.dumps(built.to_dict())) == built.to_dict()

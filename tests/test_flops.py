@@ -1,0 +1,88 @@
+"""forward_flops against counts worked out by hand (2 FLOPs per multiply-add)."""
+
+import keras
+import pytest
+from keras import layers
+
+from cifar_keras import models
+from cifar_keras.flops import forward_flops, training_flops
+
+
+def tiny(size=8):
+    inputs = keras.Input((size, size, 3))
+    x = layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(6, 3, padding="valid")(x)
+    x = layers.Flatten()(x)
+    return keras.Model(inputs, layers.Dense(10)(x))
+
+
+def single(layer, shape):
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, layer(inputs))
+
+
+def test_tiny_functional_model():
+    conv1 = 2 * (3 * 3 * 3) * 4 * (8 * 8)  # 3x3x3 kernel, 4 filters, "same": 8x8 out
+    conv2 = 2 * (3 * 3 * 4) * 6 * (2 * 2)  # pooled to 4x4x4, "valid": 2x2 out
+    dense = 2 * (2 * 2 * 6) * 10
+    assert conv1 + conv2 + dense == 13824 + 1728 + 480
+    assert forward_flops(tiny()) == conv1 + conv2 + dense
+
+
+def test_sequential_model_counts_the_same():
+    model = keras.Sequential([keras.Input((8, 8, 3)), *tiny().layers[1:]])
+    assert forward_flops(model) == 13824 + 1728 + 480
+
+
+def test_strided_grouped_depthwise_and_separable_convs():
+    assert forward_flops(single(layers.Conv2D(8, 3, strides=2, padding="same"), (8, 8, 4))) == 2 * (3 * 3 * 4) * 8 * (4 * 4)
+    assert forward_flops(single(layers.Conv2D(8, 3, groups=2, padding="same"), (8, 8, 4))) == 2 * (3 * 3 * 2) * 8 * (8 * 8)
+    assert forward_flops(single(layers.DepthwiseConv2D(3), (8, 8, 4))) == 2 * (3 * 3) * 4 * (6 * 6)
+    assert forward_flops(single(layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same"), (8, 8, 4))) \
+        == 2 * (3 * 3) * 4 * 2 * (8 * 8)
+    depthwise, pointwise = 2 * (3 * 3) * 4 * (8 * 8), 2 * 4 * 8 * (8 * 8)
+    assert forward_flops(single(layers.SeparableConv2D(8, 3, padding="same"), (8, 8, 4))) == depthwise + pointwise
+
+
+def test_dense_on_a_3d_input_counts_every_position():
+    assert forward_flops(single(layers.Dense(3), (5, 7))) == 2 * 7 * 3 * 5
+    assert forward_flops(single(layers.Dense(32), (32, 3, 32))) == 2 * 32 * 32 * (32 * 3)
+
+
+def test_shared_layer_counts_each_call():
+    dense = layers.Dense(4)
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, layers.Add()([dense(inputs), dense(inputs)]))
+    assert forward_flops(model) == 2 * (2 * 6 * 4)
+
+
+def test_nested_model_called_twice_counts_twice():
+    conv1 = 2 * (3 * 3 * 3) * 4 * (32 * 32)  # tiny() at 32x32: "same" conv at 32x32
+    conv2 = 2 * (3 * 3 * 4) * 6 * (14 * 14)  # pooled to 16x16, "valid": 14x14
+    dense = 2 * (14 * 14 * 6) * 10
+    inner = conv1 + conv2 + dense
+    mirror = 2 * 32 * 32 * (32 * 3)  # Dense(32) across the width at each of 32 rows x 3 channels
+    assert forward_flops(models.with_flip_tta(tiny(32))) == 2 * inner + mirror
+
+
+def test_project_cnn():
+    # Each 3x3 conv: 2 * (3 * 3 * Cin) * Cout * (H * W); stage convs run before the 2x2 pool,
+    # residual convs after it.
+    stem = 2 * (3 * 3 * 3) * 32 * (32 * 32)
+    stage1 = 2 * (3 * 3 * 32) * 96 * (32 * 32) + 2 * (3 * 3 * 96) * 96 * (16 * 16)
+    stage2 = 2 * (3 * 3 * 96) * 256 * (16 * 16) + 2 * (3 * 3 * 256) * 256 * (8 * 8)
+    stage3 = 2 * (3 * 3 * 256) * 512 * (8 * 8) + 2 * (3 * 3 * 512) * 512 * (4 * 4)
+    logits = 2 * 512 * 100
+    expected = stem + stage1 + stage2 + stage3 + logits
+    assert expected == 516_198_400  # ~0.516 GFLOP per image
+    assert forward_flops(models.cnn()) == expected
+
+
+def test_training_flops_is_three_forward_passes_per_image():
+    assert training_flops(1000, 50_000) == 3 * 1000 * 50_000
+
+
+def test_unbuilt_sequential_is_a_clear_error():
+    with pytest.raises(ValueError, match="no functional graph"):
+        forward_flops(keras.Sequential([layers.Dense(3)]))
