@@ -20,14 +20,21 @@ FIT_OPTIONS = [name for name in run_config.FIELDS if name not in ("model", "mode
 TUNE_OPTIONS = ["train_size", "val_size", "seed", "precision"]  # the rest is what the search varies
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def positive(kind, message):
+    """argparse `type`: a number of `kind` above zero, else `message`."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = positive(int, "must be a positive integer")
 
 
 def json_object(text):
@@ -149,15 +156,7 @@ def run_evaluate(args, argv):
 # --- tune --------------------------------------------------------------------------------------
 
 def budget(text):
-    if text == "recipe":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be 'recipe' or a positive number of minutes, got {text!r}")
-    return value
+    return text if text == "recipe" else positive(float, "must be 'recipe' or a positive number of minutes")(text)
 
 
 def add_tune_parser(sub):

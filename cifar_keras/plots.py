@@ -96,3 +96,37 @@ def confused_pairs(predicted_fine, fine, fine_names, top=10):
     np.fill_diagonal(counts, 0)
     flat = np.argsort(-counts, axis=None, kind="stable")[:top]
     return [(fine_names[i], fine_names[j], int(counts[i, j])) for i, j in zip(*np.unravel_index(flat, counts.shape))]
+
+
+def accuracy_vs_compute(points, path):
+    """Top-1 against training compute (PFLOP, log scale), one labelled marker per run.
+
+    `points`: dicts with name, pflop, top1, test (True: a test score, else validation) and
+    flip_tta (the validation score with flip TTA, or None), drawn hollow and joined by a thin line.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {True: ("o", "C0", "test top-1"), False: ("s", "C1", "validation top-1")}
+    labelled, stacked = set(), {}
+    for p in sorted(points, key=lambda p: (p["pflop"], -p["top1"])):
+        marker, colour, label = styles[p["test"]]
+        ax.plot(p["pflop"], p["top1"], marker, color=colour, label=None if label in labelled else label)
+        labelled.add(label)
+        # Runs at equal compute (recipe studies) get their labels stacked, best first.
+        row = stacked[p["pflop"]] = stacked.get(p["pflop"], -1) + 1
+        ax.annotate(p["name"], (p["pflop"], p["top1"]), xytext=(6, 3 - 9 * row), textcoords="offset points",
+                    fontsize=7)
+        if p.get("flip_tta") is not None:
+            label = "validation top-1 with flip TTA"
+            ax.plot([p["pflop"]] * 2, [p["top1"], p["flip_tta"]], "-", color="grey", linewidth=0.6)
+            ax.plot(p["pflop"], p["flip_tta"], "D", markerfacecolor="none", color="C2",
+                    label=None if label in labelled else label)
+            labelled.add(label)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set(xlabel="training compute (PFLOP, analytic count)", ylabel="top-1 accuracy (%)",
+           title="Top-1 against training compute")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, **PNG)
+    plt.close(fig)

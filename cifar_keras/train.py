@@ -6,8 +6,10 @@ plan -> train -> finalise (float32 rebuild, TTA, evaluation, save) -> record.
 
 import dataclasses
 import json
+import math
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,14 +88,73 @@ def pipeline_throughput(dataset, batches=40):
     return count / (time.perf_counter() - start)
 
 
+class StepTimer(keras.callbacks.Callback):
+    """Wall time from the end of step `skip` to the end of the last step: the steps alone, without fit's
+    start-up and the first steps' tracing."""
+
+    def __init__(self, skip):
+        super().__init__()
+        self.skip, self.start, self.end = skip, None, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.skip:
+            self.start = time.perf_counter()
+        self.end = time.perf_counter()
+
+
 def train_throughput(model, dataset, batch_size, steps=5, warmup=2):
     """Images/s of fit() steps of a compiled model, timed after `warmup` untimed steps (compilation).
     The steps train `model`: time a throw-away copy when the run itself must not be affected."""
     dataset = dataset.repeat()  # a small split may hold fewer batches than warm-up plus timed steps
-    model.fit(dataset.take(warmup), epochs=1, verbose=0, shuffle=False)
-    start = time.perf_counter()
-    model.fit(dataset.skip(warmup).take(steps), epochs=1, verbose=0, shuffle=False)
-    return batch_size * steps / (time.perf_counter() - start)
+    timer = StepTimer(warmup)
+    model.fit(dataset.take(warmup + steps), epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    return batch_size * steps / (timer.end - timer.start)
+
+
+def epochs_in_budget(budget_s, seconds_per_epoch, within=True):
+    """Whole epochs that fit in `budget_s` (within: never more; else the nearest number), at least one."""
+    epochs = budget_s / seconds_per_epoch
+    return max(1, math.floor(epochs + 1e-9) if within else round(epochs))
+
+
+def measure_epoch_time(config, train_split, val_split, batch_size, learning_rate, scope):
+    """Seconds of one epoch's training steps and of the rest of an epoch (a validation pass, checkpoints),
+    timed on a throw-away model."""
+    with scope():
+        probe = build_compiled(config, len(train_split) // batch_size, learning_rate)
+        images_per_s = train_throughput(probe, training_data(train_split, config, batch_size, epochs=1), batch_size,
+                                        steps=8, warmup=2)
+        sample = val_split.take(np.arange(min(len(val_split), 1000)))
+        probe.evaluate(make_dataset(sample, 500), verbose=0)  # compiles the test step
+        start = time.perf_counter()
+        probe.evaluate(make_dataset(sample, 500), verbose=0)
+    val_s = (time.perf_counter() - start) * len(val_split) / len(sample)
+    with tempfile.TemporaryDirectory() as scratch:  # each epoch also writes a backup and maybe a best checkpoint
+        start = time.perf_counter()
+        probe.save_weights(Path(scratch) / "probe.weights.h5")
+        val_s += 2 * (time.perf_counter() - start)
+    steps = len(train_split) // batch_size
+    return {"train_images_per_s": images_per_s, "train_s_per_epoch": steps * batch_size / images_per_s,
+            "val_s_per_epoch": val_s}
+
+
+def plan_time_budget(plan, train_split, val_split, scope):
+    """The epochs that fit `config.time_budget` minutes on this machine, measured once per run: a resumed
+    run reuses the first measurement, so its schedule is the one it started with."""
+    saved = plan.paths["best"].parent / "time_budget.json"
+    if plan.first_epoch and saved.exists():
+        return json.loads(saved.read_text())
+    started = time.perf_counter()
+    speed = measure_epoch_time(plan.config, train_split, val_split, plan.global_batch_size, plan.learning_rate, scope)
+    # The measurement itself is spent from the budget.
+    budget_s = 60 * plan.config.time_budget - (time.perf_counter() - started)
+    epochs = epochs_in_budget(budget_s, speed["train_s_per_epoch"] + speed["val_s_per_epoch"])
+    if epochs * (speed["train_s_per_epoch"] + speed["val_s_per_epoch"]) > budget_s:
+        print(f"fit: warning: one epoch takes longer than the {plan.config.time_budget} min budget", flush=True)
+    budget = {"minutes": plan.config.time_budget, "measured": {k: round(v, 3) for k, v in speed.items()},
+              "measurement_s": round(time.perf_counter() - started, 1), "planned_epochs": epochs}
+    saved.write_text(json.dumps(budget))
+    return budget
 
 
 # --- callbacks -----------------------------------------------------------------------------------
@@ -310,13 +371,25 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
     with runtime.precision_policy(config.precision) as precision, \
             runtime.data_parallel(config.distribute) as (scope, replicas):
         plan = make_plan(config, name, paths, first_epoch, precision, replicas, len(train_split))
+        budget = None
+        if config.time_budget:
+            budget = plan_time_budget(plan, train_split, val_split, scope)
+            plan = dataclasses.replace(plan, config=dataclasses.replace(config, epochs=budget["planned_epochs"]))
+            print(f"fit: {config.time_budget:g} min budget: {budget['planned_epochs']} epochs of "
+                  f"{budget['measured']['train_s_per_epoch']:.0f} s + {budget['measured']['val_s_per_epoch']:.0f} s "
+                  "validation", flush=True)
         print(f"fit: {name} = {config.model} ({'recipe of ' + hparams['path'] if hparams else 'built-in recipe'}), "
               f"{keras.backend.backend()} backend, {precision}, {replicas} replica(s) on "
               f"{', '.join(runtime.gpus()) or runtime.cpu_model()}, {len(train_split)} training images, "
-              f"{config.epochs} epochs" + (f", resuming after epoch {first_epoch}" if first_epoch else ""), flush=True)
+              f"{plan.config.epochs} epochs" + (f", resuming after epoch {first_epoch}" if first_epoch else ""),
+              flush=True)
         model = train(plan, train_split, val_split, scope, extra_callbacks)
     base, final, val_scores, test = finalise(plan, model, dataset, val_split)
     record = make_record(plan, command, hparams, base, final, val_scores, test, train_split, val_split, started)
+    if budget:
+        spent = budget["measurement_s"] + record["train_wall_time_s"]
+        record["time_budget"] = {**budget, "train_and_val_wall_time_s": record["train_wall_time_s"],
+                                 "spent_s": round(spent, 1)}
     records.write(paths["record"], record)
     shutil.rmtree(paths["best"].parent, ignore_errors=True)
     return record

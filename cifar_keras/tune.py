@@ -23,7 +23,8 @@ from cifar_keras import data, models, records, runtime
 from cifar_keras.config import make_config
 from cifar_keras.errors import UserError
 from cifar_keras.pipeline import make_dataset
-from cifar_keras.train import build_compiled, compile_model, train_throughput, training_data, verbosity
+from cifar_keras.train import (build_compiled, compile_model, epochs_in_budget, train_throughput,
+                               training_data, verbosity)
 
 TUNERS = ("random", "hyperband", "bayesian")
 
@@ -56,7 +57,8 @@ class CifarHyperModel(keras_tuner.HyperModel):
         kwargs = {"shuffle": False, "verbose": verbosity(), **kwargs}  # the batches are already shuffled
         if self.budget_s:
             images_per_s = self.throughput(hp)
-            epochs = budget_epochs(self.budget_s, images_per_s, len(self.train_split))
+            # As many epochs as fit in the budget, to the nearest one (fit --time-budget: never more).
+            epochs = epochs_in_budget(self.budget_s, len(self.train_split) / images_per_s, within=False)
             config = dataclasses.replace(config, epochs=epochs)
             compile_model(model, config, self.steps(config))
             kwargs["validation_freq"] = epochs  # validating once, after the last epoch, keeps the cost on training
@@ -79,11 +81,6 @@ class CifarHyperModel(keras_tuner.HyperModel):
         config = self.config(hp)
         batches = training_data(self.train_split, config, config.batch_size, epochs=1)
         return train_throughput(self.build(hp), batches, config.batch_size, steps=8)
-
-
-def budget_epochs(budget_s, images_per_s, train_images):
-    """The whole number of epochs of `train_images` nearest to `budget_s` seconds at `images_per_s` (at least one)."""
-    return max(1, round(budget_s * images_per_s / train_images))
 
 
 class RecipeFirstOracle(keras_tuner.oracles.RandomSearchOracle):

@@ -293,3 +293,18 @@ def test_a_plain_command_prints_no_tensorflow_start_up_lines(tmp_path):
                           capture_output=True, text=True, env=env)
     assert done.returncode == 2
     assert done.stderr == f"error: {tmp_path / 'none.keras'}: model file not found\n"
+
+
+def test_time_budget_sets_the_epochs_and_ends_within_it(data_root, tmp_path):
+    config = make_config("mlp", epochs=1, time_budget=0.3, **TINY_MLP)
+    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    budget = record["time_budget"]
+    assert record["epochs"] == budget["planned_epochs"] == record["config"]["epochs"] > 1
+    seconds_per_epoch = budget["measured"]["train_s_per_epoch"] + budget["measured"]["val_s_per_epoch"]
+    assert budget["planned_epochs"] == train.epochs_in_budget(18 - budget["measurement_s"], seconds_per_epoch)
+    assert budget["spent_s"] < 1.5 * 18  # generous: timings on a loaded CI machine vary
+
+
+def test_a_larger_time_budget_never_plans_fewer_epochs():
+    epochs = [train.epochs_in_budget(minutes * 60, 37.5) for minutes in (0.5, 1, 2, 5, 10, 45)]
+    assert epochs == sorted(epochs) and epochs[0] == 1 and epochs[-1] == 72

@@ -60,3 +60,35 @@ def test_flip_tta_averages_the_image_and_its_mirror(tmp_path):
     tta.save(tmp_path / "tta.keras")  # built-in layers only: plain keras reloads it
     reloaded = keras.saving.load_model(tmp_path / "tta.keras")
     assert np.allclose(reloaded.predict(pixels, verbose=0), expected, atol=1e-6)
+
+
+def test_whitening_stem_decorrelates_patches_of_the_training_images():
+    """The frozen `whiten` conv maps 2x2 patches to (nearly) uncorrelated unit-variance directions."""
+    rng = np.random.default_rng(0)
+    # Correlated channels and neighbouring pixels, as in real photos.
+    base = rng.normal(128, 30, (400, 32, 32, 1)) + rng.normal(0, 20, (400, 32, 32, 3))
+    images = np.clip(base + np.roll(base, 1, axis=2), 0, 255).astype(np.uint8)
+    model = models.cnn(widths=(8, 8, 8), stem="whiten")
+    whiten = keras.Model(model.input, model.get_layer("whiten").output)
+    before = whiten.predict(images[:50].astype(np.float32), verbose=0)
+    models.whiten_from_data(model, images)
+    out = whiten.predict(images[:50].astype(np.float32), verbose=0)[:, :31, :31, :12].reshape(-1, 12)
+    covariance = np.cov(out.T)
+    # Unit variance, except where the eps regulariser shrinks a near-empty direction (never above 1).
+    assert np.sum(np.abs(np.diag(covariance) - 1) < 0.1) >= 11 and np.diag(covariance).max() < 1.1
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 0.1
+    assert not np.allclose(before, whiten.predict(images[:50].astype(np.float32), verbose=0))
+    assert not model.get_layer("whiten").trainable and model.get_layer("whiten").count_params() == 2 * 2 * 3 * 24
+
+
+def test_dirac_init_makes_stage_convs_start_as_the_identity():
+    model = models.cnn(widths=(8, 16, 16), stem_width=8, dirac=True)
+    conv = model.get_layer("stage2_res_conv")  # 16 -> 16: every filter is the identity
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 16)).astype(np.float32)
+    assert np.allclose(conv(x), x, atol=1e-6)
+    widening = model.get_layer("stage2_conv")  # 8 -> 16: the first 8 filters pass their channel through
+    x8 = np.random.default_rng(1).normal(size=(2, 16, 16, 8)).astype(np.float32)
+    assert np.allclose(widening(x8)[..., :8], x8, atol=1e-6)
+    assert not np.allclose(widening(x8)[..., 8:], 0)  # the rest keep their random initialisation
+    reloaded_config = keras.Model.from_config(model.get_config())  # plain Keras layers only
+    assert reloaded_config.get_layer("stage2_conv").kernel_initializer.__class__.__name__ == "HeNormal"

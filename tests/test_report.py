@@ -6,11 +6,14 @@ from cifar_keras import cli, report
 from cifar_keras.errors import UserError
 
 
-def fit_record(name, model, top1, minutes):
+def fit_record(name, model, top1, minutes, training_flops=1_054_000_000_000_000, inference_flops=520_000_000):
     return {
         "kind": "fit", "model": model, "name": name, "command": f"python -m cifar_keras fit {model}",
         "params": 1_234_567, "epochs": 7, "precision": "mixed_bfloat16", "train_wall_time_s": minutes * 60,
         "throughput": {"train_images_per_s": 321.4},
+        "compute": {"counted": "analytic", "forward_flops_per_image": inference_flops,
+                    "inference_flops_per_image": inference_flops, "train_images_seen": 1000,
+                    "training_flops": training_flops},
         "test": {"top1": top1, "top5": top1 + 20, "superclass": top1 + 10},
         "hardware": {"cpu": "Test CPU", "cores": 2, "gpus": []},
     }
@@ -21,7 +24,7 @@ def project(tmp_path):
     records = tmp_path / "saved_models"
     records.mkdir()
     (records / "cnn.json").write_text(json.dumps(fit_record("cnn", "cnn", 71.25, 40)))
-    (records / "mlp.json").write_text(json.dumps(fit_record("mlp", "mlp", 31.5, 5)))
+    (records / "mlp.json").write_text(json.dumps(fit_record("mlp", "mlp", 31.5, 5, 5_040_000_000_000, 12_000_000)))
     (records / "eval.json").write_text(json.dumps({"kind": "evaluate"}))  # not a fit: ignored
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nBefore.\n{report.BEGIN}\nold table\n{report.END}\nAfter.\n")
@@ -36,9 +39,11 @@ def test_table_rows_come_from_the_records_mlp_first(project):
     assert "old table" not in text
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert len(rows) == 2
-    assert rows[0].startswith("| `mlp` | 1.23 M | **31.50 %** | 51.50 % | 41.50 % | 7 | 5.0 min | 321 |")
+    assert rows[0].startswith("| `mlp` | 1.23 M | **31.50 %** | 51.50 % | 41.50 % | 7 | 5.0 TFLOP | "
+                              "12.00 MFLOP/image | 5.0 min | 321 |")
     assert "| `cnn` |" in rows[1] and "**71.25 %**" in rows[1] and "40.0 min" in rows[1]
-    assert "Test CPU (2 cores)" in rows[1] and "`python -m cifar_keras fit cnn`" in rows[1]
+    assert "| 7 | 1.05 PFLOP | 0.52 GFLOP/image | 40.0 min |" in rows[1]
+    assert "Test CPU (2 cores)" in rows[1] and "`python -m cifar_keras fit cnn --hparams none`" in rows[1]
     assert "| built-in (`--hparams none`) |" in rows[1]
 
 
@@ -87,7 +92,8 @@ def test_figures_and_analysis_are_written_and_stable(project, data_root, tmp_pat
             "--data-dir", str(data_root)]
     assert cli.main(argv) == 0
     text = readme.read_text()
-    for name in ("training_curves", "ablation_curves", "superclass_confusion", "per_class_accuracy", "examples"):
+    for name in ("training_curves", "accuracy_vs_compute", "ablation_curves", "superclass_confusion",
+                 "per_class_accuracy", "examples"):
         assert f"(docs/{name}.png)" in text
         with Image.open(tmp_path / "docs" / f"{name}.png") as image:
             image.verify()
@@ -177,3 +183,90 @@ def test_empty_ablation_log_names_the_file(project):
     (records / "ablations" / "reference.log.csv").write_text("epoch,accuracy\n")
     with pytest.raises(UserError, match=r"reference\.log\.csv: epoch log has no rows"):
         report.update_readme(readme, records)
+
+
+def test_training_compute_of_an_old_record_is_counted_from_its_model():
+    old = {"model": "mlp", "train_images": 600, "epochs": 3, "global_batch_size": 128, "flip_tta": True,
+           "config": {"model_args": {"hidden": [16, 8]}, "batch_size": 64}}
+    forward = 2 * (32 * 32 * 3 * 16 + 16 * 8 + 8 * 100)  # the three Dense kernels
+    images = (600 // 128) * 128 * 3  # full global batches only
+    compute = report.training_compute(old)
+    assert compute["forward_flops_per_image"] == forward and compute["train_images_seen"] == images
+    assert compute["training_flops"] == 3 * forward * images
+    # Flip TTA: the model twice, and the 32x32 mirror over 32 rows x 3 channels.
+    assert compute["inference_flops_per_image"] == 2 * forward + 2 * 32 * 32 * 32 * 3
+    assert report.training_compute({**old, "flip_tta": False})["inference_flops_per_image"] == forward
+    new = fit_record("cnn", "cnn", 70.0, 1)
+    assert report.training_compute(new) is new["compute"]
+
+
+def test_study_table_uses_its_reference_and_shows_flip_tta(project):
+    readme, records = project
+    folder = records / "study"
+    folder.mkdir()
+    hardware = {"cpu": "Test CPU", "cores": 2, "gpus": [], "cpu_features": ["avx2", "amx_bf16"]}
+    reference = {**ablation_record("ref_e7", 60.0, tta=False, time_budget=None), "hardware": hardware}
+    candidate = ablation_record("ls01", 61.25, tta=True, time_budget=30.0, label_smoothing=0.1)
+    candidate["val"]["top1_flip_tta"] = 62.5
+    (folder / "ref_e7.json").write_text(json.dumps(reference))
+    (folder / "ls01.json").write_text(json.dumps(candidate))
+    report.update_readme(readme, records)
+    text = readme.read_text()
+    intro = next(line for line in text.splitlines() if line.startswith("Recipe study of `cnn`"))
+    assert f"equal training compute). Runs in `{(records / 'study').as_posix()}/`: 10000 training images" in intro
+    assert "Small-scale recipe ablations" not in text  # no ablations/ folder: no section
+    rows = [line for line in text.splitlines() if line.startswith("| `ref_e7`") or line.startswith("| `ls01`")]
+    assert rows[0].startswith("| `ref_e7` | (reference) | 60.00 % | +0.00 |")
+    assert rows[0].endswith("| — | 1.05 PFLOP | Test CPU (2 cores) [avx2, amx_bf16] | "
+                            "`python -m cifar_keras fit cnn --hparams none` |")
+    assert rows[1].startswith("| `ls01` | label_smoothing=0.1 | 61.25 % | +1.25 |")  # tta, time_budget: not recipe
+    assert "| 62.50 % | 1.05 PFLOP | Test CPU (2 cores) | `" in rows[1]
+
+
+def test_accuracy_vs_compute_figure(tmp_path):
+    from PIL import Image
+
+    from cifar_keras import plots
+
+    points = [{"name": "cnn", "pflop": 1.05, "top1": 70.2, "test": True, "flip_tta": None},
+              {"name": "ref_e7", "pflop": 0.5, "top1": 60.0, "test": False, "flip_tta": 61.5}]
+    path = tmp_path / "accuracy_vs_compute.png"
+    plots.accuracy_vs_compute(points, path)
+    assert path.stat().st_size > 0
+    with Image.open(path) as image:
+        image.verify()
+
+
+def test_compute_points_cover_every_folder_and_name_a_malformed_record(project):
+    _, records = project
+    (records / "study").mkdir()
+    candidate = ablation_record("ls01", 61.25)
+    candidate["val"]["top1_flip_tta"] = 62.5
+    (records / "study" / "ls01.json").write_text(json.dumps(candidate))
+    points = {p["name"]: p for p in report.compute_points(records)}
+    assert sorted(points) == ["cnn", "ls01", "mlp"]
+    assert points["cnn"] == {"name": "cnn", "pflop": 1.054, "top1": 71.25, "test": True, "flip_tta": None}
+    assert points["ls01"]["test"] is False and points["ls01"]["flip_tta"] == 62.5
+    del candidate["val"]
+    (records / "study" / "ls01.json").write_text(json.dumps(candidate))
+    with pytest.raises(UserError, match=r"ls01\.json: malformed run record \(KeyError"):
+        report.compute_points(records)
+
+
+def test_a_rows_command_reproduces_its_run_after_the_recipe_changed(tmp_path):
+    """A built-in-recipe run's command gets the flags that today's recipe no longer implies."""
+    import dataclasses
+    import shlex
+
+    from cifar_keras import cli, config, report
+
+    ran = dataclasses.replace(config.make_config("cnn"), label_smoothing=0.0, flip=not config.make_config("cnn").flip,
+                              model_args={"widths": [8, 8, 8]})
+    record = {"kind": "fit", "model": "cnn", "hparams_file": None, "config": ran.to_dict(),
+              "command": "python -m cifar_keras fit cnn --epochs 15"}
+    command = report.reproducing_command(record)
+    argv = shlex.split(command)[3:]
+    args = cli.build_parser().parse_args(argv)
+    assert args.hparams == "none"
+    rebuilt = config.make_config("cnn", model_args=args.model_args, **config.overrides(args, cli.FIT_OPTIONS))
+    assert rebuilt == ran

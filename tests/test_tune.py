@@ -113,16 +113,20 @@ def test_search_space_defaults_are_the_built_in_recipe(model):
     assert dataclasses.replace(found, model_args={}) == recipe
 
 
-def test_budget_epochs_is_the_nearest_whole_number_that_fits():
-    assert tune.budget_epochs(60, 100, 1000) == 6  # 6000 images in a minute: six epochs of 1000
-    assert tune.budget_epochs(60, 124, 1000) == 7
-    assert tune.budget_epochs(1, 100, 1000) == 1  # never less than one epoch
+def test_budget_epochs_is_the_nearest_whole_number_or_what_fits():
+    from cifar_keras.train import epochs_in_budget
+
+    assert epochs_in_budget(60, 10, within=False) == 6  # 6000 images in a minute: six epochs of 1000
+    assert epochs_in_budget(60, 1000 / 124, within=False) == 7  # 7.44: nearest
+    assert epochs_in_budget(60, 1000 / 124) == 7 and epochs_in_budget(60, 1000 / 130) == 7  # 7.8: 7 fit
+    assert epochs_in_budget(1, 10) == 1 and epochs_in_budget(1, 10, within=False) == 1  # never less than one
 
 
 def test_budgeted_search_starts_from_the_recipe_and_sizes_epochs_by_speed(data_root, tmp_path):
     import keras_tuner
 
     from cifar_keras import data, models
+    from cifar_keras.train import epochs_in_budget
 
     best, trials = search(data_root, tmp_path, "random", "--budget", "recipe")
     recipe = keras_tuner.HyperParameters()
@@ -134,7 +138,7 @@ def test_budgeted_search_starts_from_the_recipe_and_sizes_epochs_by_speed(data_r
     full_train = len(data.load(data_root).train) - 100
     trial_s = 60 * record["budget"]["budget_minutes"] * 300 / full_train
     for trial in trials:
-        assert trial["epochs"] == tune.budget_epochs(trial_s, trial["train_images_per_s"], 300)
+        assert trial["epochs"] == epochs_in_budget(trial_s, 300 / trial["train_images_per_s"], within=False)
     assert best["hparams"]["epochs"] == next(t["epochs"] for t in trials if t["trial_id"] == best["trial_id"])
     assert best["budget"] == record["budget"]
 
