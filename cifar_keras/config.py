@@ -46,6 +46,9 @@ class RunConfig:
     weight_decay: float = option(5e-4, "schedule", "decoupled weight decay (not on BatchNorm or biases)", low=0.0)
     warmup: float = option(2 / 15, "schedule", "linear warm-up, as a fraction of the run's steps", low=0.0, high=1.0)
     patience: int = option(0, "schedule", "stop after N epochs without validation gain (0: never)", low=0)
+    ema: float = option(0.0, "schedule", "decay per step of a moving average of the weights (BatchNorm statistics "
+                        "included); the saved model takes the average if it scores higher on validation (0: off)",
+                        low=0.0, high=0.9999)
     time_budget: float = option(None, "schedule", "minutes for training plus validation: times the first steps on "
                                 "this machine, then sets --epochs (and so the schedule) to fit in them", kind=float,
                                 low=0.1)

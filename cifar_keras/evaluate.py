@@ -1,19 +1,19 @@
-"""Test-set metrics of a trained model: top-1, top-5 and superclass accuracy."""
+"""Test-set metrics of a trained model: top-1, top-5 and superclass accuracy, and how well its
+probabilities are calibrated (ECE, NLL, Brier score)."""
 
 import numpy as np
 
-from cifar_keras.data import Split
-from cifar_keras.pipeline import make_dataset
+from cifar_keras import calibrate
+from cifar_keras.pipeline import predict_outputs
 
 
 def predict_probabilities(model, images, batch_size=500):
-    dummy = np.zeros(len(images), dtype=np.int64)
-    ds = make_dataset(Split(images, dummy, dummy), batch_size).map(lambda x, y: x)
-    return np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+    return predict_outputs(model, images, batch_size)
 
 
 def metrics(probabilities, fine, coarse, fine_to_coarse):
-    """Accuracies in percent; superclass = coarse label of the predicted fine class."""
+    """Accuracies in percent; superclass = coarse label of the predicted fine class. ece (15 bins), nll and
+    brier: see calibrate.py; loss is the NLL as earlier run records state it."""
     top5 = np.argsort(-probabilities, axis=1)[:, :5]
     top1 = top5[:, 0]
     eps = 1e-12
@@ -22,6 +22,7 @@ def metrics(probabilities, fine, coarse, fine_to_coarse):
         "top5": 100.0 * float(np.mean((top5 == fine[:, None]).any(axis=1))),
         "superclass": 100.0 * float(np.mean(fine_to_coarse[top1] == coarse)),
         "loss": float(-np.mean(np.log(probabilities[np.arange(len(fine)), fine] + eps))),
+        **calibrate.scores(probabilities, fine),
         "images": int(len(fine)),
     }
 

@@ -5,6 +5,7 @@ Shuffling and augmentation use stateless random ops keyed by (seed, epoch, step)
 seeded run sees the same batches and the same crops/flips every time, resumed or not.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from cifar_keras.data import NUM_CLASSES
@@ -85,3 +86,9 @@ def make_dataset(split, batch_size):
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.fine)).batch(batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, NUM_CLASSES)))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def predict_outputs(model, images, batch_size=500):
+    """A model's outputs (float64) for uint8 `images` (N, 32, 32, 3), in order, batch by batch."""
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(lambda x: tf.cast(x, tf.float32))
+    return np.asarray(model.predict(ds.prefetch(tf.data.AUTOTUNE), verbose=0), dtype=np.float64)

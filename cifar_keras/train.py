@@ -174,6 +174,34 @@ class EpochTimer(keras.callbacks.Callback):
         logs["train_time"] = self.train_time or logs["epoch_time"]
 
 
+class WeightAverage(keras.callbacks.Callback):
+    """Exponential moving average of all of a model's weights, BatchNorm statistics included (Keras'
+    optimizer EMA covers only trainable variables, so its BatchNorm statistics would not match).
+
+    Updated every `every` steps with decay**every; a resumed run restarts the average from the
+    restored weights.
+    """
+
+    def __init__(self, decay, every=5):
+        super().__init__()
+        self.decay, self.every, self.weights, self.steps = decay, every, None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        current = self.model.get_weights()
+        if self.weights is None:
+            self.weights = [w.copy() for w in current]
+            return
+        keep = self.decay ** self.every
+        for i, value in enumerate(current):
+            if np.issubdtype(value.dtype, np.floating):  # not counters or random-generator states
+                self.weights[i] = keep * self.weights[i] + (1 - keep) * value
+            else:
+                self.weights[i] = value
+
+
 class WallTimeEstimate(keras.callbacks.Callback):
     """Prints, once, the run's expected training time from its first timed steps (after compilation)."""
 
@@ -280,25 +308,41 @@ def train(plan, train_split, val_split, scope, extra_callbacks=()):
                  WallTimeEstimate(plan.steps_per_epoch, config.epochs, plan.first_epoch), *extra_callbacks]
     if config.patience:
         callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=config.patience))
+    average = WeightAverage(config.ema)
+    if config.ema:
+        callbacks.append(average)
     # Epoch e's batches depend only on (seed, e): a resumed run sees what an uninterrupted one does.
     batches = training_data(train_split, config, plan.global_batch_size, first_epoch=plan.first_epoch)
     with scope():  # the batches are already shuffled; fit's own shuffle does not apply to a tf.data.Dataset
         model.fit(batches, validation_data=make_dataset(val_split, 500), epochs=config.epochs,
                   steps_per_epoch=plan.steps_per_epoch, callbacks=callbacks, verbose=verbosity(), shuffle=False)
     model.load_weights(paths["best"])
+    return model, (average.weights if config.ema else None)
+
+
+def float32_copy(config, weights):
+    with runtime.precision_policy("float32"):
+        model = models.get_spec(config.model).build(**config.model_args)
+    model.set_weights(weights)
     return model
 
 
-def finalise(plan, model, dataset, val_split):
-    """The float32 model to save (with flip TTA if asked) and its scores; the test set is used here, once."""
+def finalise(plan, model, averaged, dataset, val_split):
+    """The float32 model to save (with flip TTA if asked) and its scores; the test set is used here, once.
+
+    With weight averaging, the averaged weights and the best epoch's compete on validation."""
     config = plan.config
     # The saved model is float32 whatever precision trained it: it runs anywhere, and
     # the test score below is the score of exactly that file.
-    final = models.get_spec(config.model).build(**config.model_args)
-    final.set_weights(model.get_weights())
-    base = final
+    final = float32_copy(config, model.get_weights())
     fine_to_coarse = dataset.fine_to_coarse()
     val = {"top1_float32": round(evaluate_model(final, val_split, fine_to_coarse)["top1"], 2)}
+    if averaged is not None:
+        candidate = float32_copy(config, averaged)
+        val["top1_ema"] = round(evaluate_model(candidate, val_split, fine_to_coarse)["top1"], 2)
+        val["saved_weights"] = "ema" if val["top1_ema"] > val["top1_float32"] else "best_epoch"
+        final = candidate if val["saved_weights"] == "ema" else final
+    base = final
     if config.tta:
         # Flip TTA's gain is measured on validation, side by side, and recorded.
         final = models.with_flip_tta(final)
@@ -383,8 +427,8 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
               f"{', '.join(runtime.gpus()) or runtime.cpu_model()}, {len(train_split)} training images, "
               f"{plan.config.epochs} epochs" + (f", resuming after epoch {first_epoch}" if first_epoch else ""),
               flush=True)
-        model = train(plan, train_split, val_split, scope, extra_callbacks)
-    base, final, val_scores, test = finalise(plan, model, dataset, val_split)
+        model, averaged = train(plan, train_split, val_split, scope, extra_callbacks)
+    base, final, val_scores, test = finalise(plan, model, averaged, dataset, val_split)
     record = make_record(plan, command, hparams, base, final, val_scores, test, train_split, val_split, started)
     if budget:
         spent = budget["measurement_s"] + record["train_wall_time_s"]

@@ -308,3 +308,43 @@ def test_time_budget_sets_the_epochs_and_ends_within_it(data_root, tmp_path):
 def test_a_larger_time_budget_never_plans_fewer_epochs():
     epochs = [train.epochs_in_budget(minutes * 60, 37.5) for minutes in (0.5, 1, 2, 5, 10, 45)]
     assert epochs == sorted(epochs) and epochs[0] == 1 and epochs[-1] == 72
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append([w.copy() for w in self.model.get_weights()])
+
+
+def test_weight_average_follows_every_weight_including_batchnorm_statistics():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    average, recorder = train.WeightAverage(0.9, every=2), Recorder()
+    x, y = np.random.default_rng(0).normal(size=(64, 4)), np.random.default_rng(1).normal(size=(64, 2))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[recorder, average])
+    snapshots = recorder.seen[1::2]  # the average is taken every second step
+    expected = snapshots[0]
+    for weights in snapshots[1:]:
+        expected = [0.81 * e + 0.19 * w for e, w in zip(expected, weights)]
+    for got, want in zip(average.weights, expected):
+        assert np.allclose(got, want, atol=1e-6)
+    moving_mean = [i for i, w in enumerate(model.weights) if "moving_mean" in w.path][0]
+    assert not np.allclose(average.weights[moving_mean], recorder.seen[-1][moving_mean])  # averaged too
+
+
+def test_fit_with_weight_averaging_saves_what_scores_best_on_validation(data_root, tmp_path):
+    config = make_config("mlp", epochs=3, ema=0.9, **TINY_MLP)
+    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    val = record["val"]
+    assert val["saved_weights"] == ("ema" if val["top1_ema"] > val["top1_float32"] else "best_epoch")
+    from cifar_keras import data
+    from cifar_keras.evaluate import evaluate_model
+
+    dataset = data.load(data_root)
+    split = data.train_val_split(dataset.train, 100)[1]
+    saved = evaluate_model(keras.saving.load_model(tmp_path / "mlp.keras"), split, dataset.fine_to_coarse())
+    assert saved["top1"] == pytest.approx(max(val["top1_ema"], val["top1_float32"]), abs=0.01)

@@ -1,0 +1,205 @@
+"""Calibration: scores of how far a model's probabilities can be trusted, and temperature scaling.
+
+Temperature scaling (Guo et al., 2017) divides a trained model's logits by one number T, fitted
+on the validation split to minimise its negative log-likelihood. T > 1 softens an overconfident
+model; dividing by T > 0 keeps the order of the logits, so the predicted classes, and every
+accuracy, stay as they were. `with_temperature` folds T into the model as a built-in Keras
+`Rescaling` layer named "temperature" just before the softmax, so the .keras file, its SavedModel
+export, `predict` and the REST client all return calibrated probabilities, and plain
+`keras.saving.load_model` still loads it.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from cifar_keras import models
+from cifar_keras.pipeline import predict_outputs
+
+BINS = 15  # the usual ECE binning (Guo et al., 2017)
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+# --- scores of probabilities (N, C) against labels (N,) ------------------------------------------
+
+def ece(probabilities, labels, bins=BINS):
+    """Expected calibration error: images binned by confidence (their top probability) into `bins`
+    equal-width bins (lo, hi] of [0, 1]; the mean over bins, weighted by their share of images, of
+    |accuracy - mean confidence| within the bin."""
+    probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    inner_edges = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    index = np.searchsorted(inner_edges, confidence, side="left")  # bin i holds (edge_i, edge_i+1]
+    gap = np.bincount(index, weights=correct - confidence, minlength=bins)  # sum of (correct - confidence) per bin
+    return float(np.abs(gap).sum() / len(labels))
+
+
+def nll(probabilities, labels, floor=1e-12):
+    """Mean negative log-likelihood of the true classes (probabilities floored at `floor`)."""
+    probabilities = np.asarray(probabilities, np.float64)
+    return float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(labels)), labels], floor))))
+
+
+def brier(probabilities, labels):
+    """Multiclass Brier score: mean over images of the sum over classes of (p - one-hot)^2 (0 best, 2 worst)."""
+    probabilities = np.asarray(probabilities, np.float64)
+    onehot = np.zeros_like(probabilities)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return float(np.mean(np.sum((probabilities - onehot) ** 2, axis=1)))
+
+
+def scores(probabilities, labels, bins=BINS):
+    return {"ece": ece(probabilities, labels, bins), "nll": nll(probabilities, labels),
+            "brier": brier(probabilities, labels)}
+
+
+# --- temperature scaling on logits --------------------------------------------------------------
+
+def _as_list(logits_list):
+    """A list of (N, C) float64 logit arrays: one array stands for a list of one."""
+    if isinstance(logits_list, np.ndarray) and logits_list.ndim == 2:
+        logits_list = [logits_list]
+    return [np.asarray(z, np.float64) for z in logits_list]
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def probabilities(logits_list, temperature=1.0):
+    """The model's probabilities at `temperature`: the mean over the logit sets (one per view of the
+    image: one, or two with flip TTA) of softmax(logits / T)."""
+    views = _as_list(logits_list)
+    return sum(np.exp(_log_softmax(z / temperature)) for z in views) / len(views)
+
+
+def _nll_at(views, labels, temperature):
+    """NLL of the mean over views of softmax(z / T), computed in log space (no floor needed)."""
+    rows = np.arange(len(labels))
+    true_log_p = np.stack([_log_softmax(z / temperature)[rows, labels] for z in views])  # views x N
+    peak = true_log_p.max(axis=0)
+    log_mean = peak + np.log(np.exp(true_log_p - peak).mean(axis=0))
+    return float(-np.mean(log_mean))
+
+
+def fit_temperature(logits_list, labels, low=TEMPERATURE_RANGE[0], high=TEMPERATURE_RANGE[1], grid=41, tol=1e-6):
+    """The T > 0 in [low, high] that minimises the NLL of `labels` under the mean over the logit sets of
+    softmax(logits / T).
+
+    A grid on log T (T = 1 included) finds the best bracket, then golden-section search refines it.
+    The NLL is convex in 1/T for one logit set, hence unimodal in log T; the grid guards the average
+    over flip-TTA views, which need not be. The answer is never worse on these labels than T = 1,
+    so calibrating cannot raise the NLL it is fitted on.
+    """
+    views, labels = _as_list(logits_list), np.asarray(labels)
+    cost = {}
+
+    def at(log_t):
+        if log_t not in cost:
+            cost[log_t] = _nll_at(views, labels, math.exp(log_t))
+        return cost[log_t]
+
+    points = sorted(set(np.linspace(math.log(low), math.log(high), grid).tolist()) | {0.0})
+    best = min(range(len(points)), key=lambda i: at(points[i]))
+    a, b = points[max(best - 1, 0)], points[min(best + 1, len(points) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    while b - a > tol:
+        if at(c) < at(d):
+            b, d = d, c
+            c = b - ratio * (b - a)
+        else:
+            a, c = c, d
+            d = a + ratio * (b - a)
+    return math.exp(min(cost, key=cost.get))
+
+
+def before_after(logits_list, labels, temperature, bins=BINS):
+    """ECE, NLL and Brier score of the model's probabilities at T = 1 and at `temperature`."""
+    return {"before": scores(probabilities(logits_list), labels, bins),
+            "after": scores(probabilities(logits_list, temperature), labels, bins)}
+
+
+# --- the model side ------------------------------------------------------------------------------
+
+def is_flip_tta(model):
+    return any(layer.name == "flip_average" for layer in model.layers)
+
+
+def tta_inner(model):
+    """The model that a flip-TTA wrapper (models.with_flip_tta) calls on the image and on its mirror."""
+    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(inner) != 1:
+        raise ValueError(f"{model.name}: expected one inner model inside a flip-TTA model, found {len(inner)}")
+    return inner[0]
+
+
+def logits_tensor(model):
+    """The symbolic input of the model's final softmax layer "probabilities": its (scaled) logits."""
+    return model.get_layer("probabilities").input
+
+
+def logit_model(model):
+    """A sub-model of a (non-TTA) model from its input to its logits, sharing its layers."""
+    return keras.Model(model.input, logits_tensor(model), name=f"{model.name}_logits")
+
+
+def model_logits(model, images, batch_size=500):
+    """The logits (float64) the model's softmax sees for uint8 `images` (N, 32, 32, 3): a list of one
+    (N, C) array, or of two for a flip-TTA model (the images, then their mirror images)."""
+    if is_flip_tta(model):
+        sub = logit_model(tta_inner(model))
+        mirrored = np.ascontiguousarray(images[:, :, ::-1])
+        return [predict_outputs(sub, images, batch_size), predict_outputs(sub, mirrored, batch_size)]
+    return [predict_outputs(logit_model(model), images, batch_size)]
+
+
+def with_temperature(model, temperature):
+    """A new functional model equal to `model` (sharing its layers and weights) whose softmax sees its
+    current logits divided by `temperature`: logits -> Rescaling(1/T, name="temperature") -> float32
+    softmax "probabilities". A model that already has a temperature keeps one such layer, with the
+    product of both temperatures. A flip-TTA model gets its inner model calibrated and re-wrapped.
+    Built-in layers only: plain `keras.saving.load_model` loads the result."""
+    if is_flip_tta(model):
+        return models.with_flip_tta(with_temperature(tta_inner(model), temperature))
+    logits, scale = logits_tensor(model), 1.0 / temperature
+    if any(layer.name == "temperature" for layer in model.layers):
+        previous = model.get_layer("temperature")
+        logits, scale = previous.input, float(previous.scale) * scale
+    x = keras.layers.Rescaling(scale, dtype="float32", name="temperature")(logits)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(model.input, outputs, name=model.name)
+
+
+def temperature_of(model):
+    """The temperature folded into a model (1.0 if none)."""
+    inner = tta_inner(model) if is_flip_tta(model) else model
+    if any(layer.name == "temperature" for layer in inner.layers):
+        return 1.0 / float(inner.get_layer("temperature").scale)
+    return 1.0
+
+
+def calibrate(model, val_split, test_split=None, batch_size=500):
+    """Fit T on `val_split` and fold it into `model`. Returns (calibrated model, record, test probabilities):
+    record = {"temperature", "val": {before, after}, "test": {before, after} or None}; the test probabilities
+    (after calibration, or None) come from the same single pass over the test images as the test scores."""
+    val_logits = model_logits(model, val_split.images, batch_size)
+    temperature = fit_temperature(val_logits, val_split.fine)
+    record = {"temperature": temperature, "bins": BINS, "val": before_after(val_logits, val_split.fine, temperature),
+              "test": None}
+    test_probabilities = None
+    if test_split is not None:
+        test_logits = model_logits(model, test_split.images, batch_size)
+        record["test"] = before_after(test_logits, test_split.fine, temperature)
+        test_probabilities = probabilities(test_logits, temperature)
+    return with_temperature(model, temperature), record, test_probabilities
+
+
+def rounded(record, digits=4):
+    """`record` with every float rounded to `digits` decimals (the temperature to 6), for a run record."""
+    if isinstance(record, dict):
+        return {k: round(v, 6) if k == "temperature" else rounded(v, digits) for k, v in record.items()}
+    return round(record, digits) if isinstance(record, float) else record
