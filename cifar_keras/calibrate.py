@@ -183,23 +183,23 @@ def temperature_of(model):
 
 
 def calibrate(model, val_split, test_split=None, batch_size=500):
-    """Fit T on `val_split` and fold it into `model`. Returns (calibrated model, record, test probabilities):
-    record = {"temperature", "val": {before, after}, "test": {before, after} or None}; the test probabilities
-    (after calibration, or None) come from the same single pass over the test images as the test scores."""
+    """Fit T on `val_split` and fold it into `model`. Returns (calibrated model, record, test logits): record =
+    {"temperature", "bins", "val": {"before", "after"}, "test": {"before", "after"} or None}; the test logits
+    (model_logits, None without `test_split`) are the one pass over the test images that the test scores
+    come from: `probabilities(test_logits, T)` are the calibrated model's outputs."""
     val_logits = model_logits(model, val_split.images, batch_size)
     temperature = fit_temperature(val_logits, val_split.fine)
     record = {"temperature": temperature, "bins": BINS, "val": before_after(val_logits, val_split.fine, temperature),
               "test": None}
-    test_probabilities = None
+    test_logits = None
     if test_split is not None:
         test_logits = model_logits(model, test_split.images, batch_size)
         record["test"] = before_after(test_logits, test_split.fine, temperature)
-        test_probabilities = probabilities(test_logits, temperature)
-    return with_temperature(model, temperature), record, test_probabilities
+    return with_temperature(model, temperature), record, test_logits
 
 
 def rounded(record, digits=4):
-    """`record` with every float rounded to `digits` decimals (the temperature to 6), for a run record."""
+    """`record` with every float rounded to `digits` decimals (temperatures to 6), for a run record."""
     if isinstance(record, dict):
-        return {k: round(v, 6) if k == "temperature" else rounded(v, digits) for k, v in record.items()}
+        return {k: rounded(v, 6 if k.startswith("temperature") else digits) for k, v in record.items()}
     return round(record, digits) if isinstance(record, float) else record

@@ -1,4 +1,5 @@
-"""Command line: python -m cifar_keras {fit,evaluate,tune,export,predict,bench,report} ... (see --help of each).
+"""Command line: python -m cifar_keras {fit,evaluate,calibrate,tune,export,predict,bench,report} ...
+(see --help of each).
 
 Each command has a small `add_<command>_parser` next to its `run_<command>` handler.
 Training options come from the one run schema (config.RunConfig); Keras is imported
@@ -71,7 +72,8 @@ def add_fit_parser(sub):
                                  "if it exists; 'none' for the built-in recipe); flags still override them")
     groups["model"].add_argument("--model-args", type=json_object, metavar="JSON",
                                  help="builder arguments, e.g. '{\"widths\": [64, 256, 512], \"stem\": \"whiten\"}' "
-                                 "(see models.py; merged over the recipe's and the tuned ones)")
+                                 "(see models.py); they replace the recipe's and the tuned ones: '{}' builds the "
+                                 "builder's defaults")
     add_data_dir(groups["data"])
     run_config.add_run_options(parser, groups, FIT_OPTIONS)
     groups["output"].add_argument("--output-dir", default="saved_models",
@@ -101,7 +103,7 @@ def run_fit(args, argv):
     from cifar_keras import models, train
 
     hparams, provenance = resolve_hparams(args.hparams, args.model)
-    model_args = models.check_model_args(args.model_args or {}, args.model, "--model-args")
+    model_args = args.model_args and models.check_model_args(args.model_args, args.model, "--model-args")
     config = run_config.make_config(args.model, hparams=hparams, model_args=model_args,
                                     **run_config.overrides(args, FIT_OPTIONS))
     callbacks = [keras.callbacks.TensorBoard(args.tensorboard)] if args.tensorboard else []
@@ -117,8 +119,9 @@ def run_fit(args, argv):
 
 def add_evaluate_parser(sub):
     parser = sub.add_parser("evaluate", help="test-set metrics of a saved .keras model",
-                            description="Top-1, top-5 and superclass accuracy of a saved model, on the test set "
-                            "(default) or on the validation split that fit carves from the training set.")
+                            description="Top-1, top-5 and superclass accuracy of a saved model, and how well its "
+                            "probabilities are calibrated (ECE over 15 confidence bins, NLL, Brier score), on the "
+                            "test set (default) or on the validation split that fit carves from the training set.")
     parser.add_argument("model_path")
     parser.add_argument("--split", choices=("test", "val"), default="test")
     groups = {"data": parser}
@@ -151,6 +154,69 @@ def run_evaluate(args, argv):
         facts = model_figures(model, dataset, args.report_dir, split)
         print(f"figures: {', '.join(str(p) for p in facts['figures'].values())}", file=sys.stderr)
     print(json.dumps({args.split: result}, indent=2))
+
+
+# --- calibrate ---------------------------------------------------------------------------------
+
+def add_calibrate_parser(sub):
+    parser = sub.add_parser(
+        "calibrate", help="fold a temperature fitted on validation into a saved model (calibrated probabilities)",
+        description="Fit one temperature T on the validation split that fit carves from the training set (the T that "
+        "minimises its negative log-likelihood) and write MODEL_PATH with its logits divided by T before the softmax "
+        "(a built-in Keras Rescaling layer named 'temperature'): the same predicted classes, calibrated "
+        "probabilities. MODEL_PATH itself is left as it is. Writes the calibrated model and a JSON record of ECE "
+        "(15 bins), NLL and Brier score before and after, on the validation split and the test set.")
+    parser.add_argument("model_path")
+    parser.add_argument("--output", help="calibrated model (default: NAME_calibrated.keras beside MODEL_PATH)")
+    parser.add_argument("--record", help="JSON record (default: calibration/NAME.json beside MODEL_PATH)")
+    parser.add_argument("--figure", help="also draw the test set's reliability diagram, before and after, to this "
+                        "PNG file")
+    run_config.add_run_options(parser, {"data": parser}, ["val_size", "seed"])
+    parser.set_defaults(val_size=DEFAULTS.val_size, seed=DEFAULTS.seed)
+    add_data_dir(parser)
+    parser.set_defaults(handler=run_calibrate)
+
+
+def run_calibrate(args, argv):
+    from cifar_keras import calibrate, data, models, records, runtime
+
+    source = Path(args.model_path)
+    output = Path(args.output or source.with_name(f"{source.stem}_calibrated.keras"))
+    record_path = Path(args.record or source.parent / "calibration" / f"{source.stem}.json")
+    if output.suffix != ".keras":
+        raise UserError(f"--output {output}: expected a .keras file name")
+    if output.resolve() == source.resolve():
+        raise UserError(f"--output {output}: would overwrite the model being calibrated; choose another name")
+    model = models.load_keras_model(source)
+    dataset = data.load(args.data_dir)
+    val = data.train_val_split(dataset.train, args.val_size, seed=args.seed)[1]
+    calibrated, result, test_logits = calibrate.calibrate(model, val, dataset.test)
+    temperature = result["temperature"]
+    if not calibrate.TEMPERATURE_RANGE[0] * 1.001 < temperature < calibrate.TEMPERATURE_RANGE[1] / 1.001:
+        print(f"calibrate: warning: T = {temperature:.4g} is at the end of the searched range "
+              f"{calibrate.TEMPERATURE_RANGE}", file=sys.stderr)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    calibrated.save(output)
+    previous = calibrate.temperature_of(model)
+    record = {"kind": "calibrate", "model_path": str(source), "output": str(output), "command": command_line(argv),
+              "temperature": result["temperature"], "temperature_before": previous, "bins": result["bins"],
+              "val_size": args.val_size, "seed": args.seed, "val_images": len(val), "test_images": len(dataset.test),
+              "val": result["val"], "test": result["test"], "code": records.code_version(), **runtime.environment()}
+    record = calibrate.rounded(record)
+    if args.figure:
+        from cifar_keras.plots import reliability_diagram
+
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+        reliability_diagram({"before": calibrate.probabilities(test_logits),
+                             f"after (T = {temperature:.2f})": calibrate.probabilities(test_logits, temperature)},
+                            dataset.test.fine, args.figure, f"{source.name}: reliability on the test set "
+                            f"({len(dataset.test)} images)")
+        record["figure"] = str(args.figure)
+    records.write(record_path, record)
+    test = record["test"]
+    print(f"T = {temperature:.4f}; test ECE {test['before']['ece']:.4f} -> {test['after']['ece']:.4f}, "
+          f"NLL {test['before']['nll']:.4f} -> {test['after']['nll']:.4f}, Brier {test['before']['brier']:.4f} -> "
+          f"{test['after']['brier']:.4f} -> {output} (record {record_path})")
 
 
 # --- tune --------------------------------------------------------------------------------------
@@ -317,8 +383,8 @@ def run_report(args, argv):
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m cifar_keras", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_fit_parser, add_evaluate_parser, add_tune_parser, add_export_parser, add_predict_parser,
-                add_bench_parser, add_report_parser):
+    for add in (add_fit_parser, add_evaluate_parser, add_calibrate_parser, add_tune_parser, add_export_parser,
+                add_predict_parser, add_bench_parser, add_report_parser):
         add(sub)
     return parser
 

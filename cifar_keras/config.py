@@ -110,18 +110,38 @@ def check(name, value, where):
 
 
 def make_config(model, hparams=None, **overrides):
-    """RunConfig of `model`: the defaults, then its recipe, then tuned `hparams`, then non-None `overrides`."""
+    """RunConfig of `model`: the defaults, then its recipe, then tuned `hparams`, then non-None `overrides`.
+
+    Builder arguments (`model_args`) of tuned hyperparameters are merged over the recipe's; given as an
+    override they replace them (all of the builder's other arguments at their defaults)."""
     if model not in RECIPES:
         raise UserError(f"unknown model '{model}': choose one of {', '.join(MODEL_NAMES)}")
     values = {**RECIPES[model], "model": model}
-    model_args = {}
+    model_args = dict(values.pop("model_args", {}))
+    model_args.update((hparams or {}).get("model_args", {}))
+    if overrides.get("model_args") is not None:
+        model_args = dict(overrides["model_args"])
     for source, updates in (("hyperparameters", hparams or {}), ("options", overrides)):
         for name, value in updates.items():
-            if name == "model_args":
-                model_args.update(value or {})
-            elif value is not None:
+            if name != "model_args" and value is not None:
                 values[name] = check(name, value, source)
     return RunConfig(**values, model_args=model_args)
+
+
+def upgrade(recorded):
+    """A run record's `config` block in today's schema: older records had a warm-up in epochs, and lack
+    options added since, which ran at their default."""
+    recorded = dict(recorded)
+    if "warmup_epochs" in recorded:
+        recorded["warmup"] = recorded.pop("warmup_epochs") / recorded["epochs"]
+    defaults = RunConfig().to_dict()
+    return {name: recorded.get(name, defaults[name]) for name in FIELDS}
+
+
+def same_value(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+    return a == b
 
 
 def read_hparams(path, model):

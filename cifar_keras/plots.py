@@ -130,3 +130,53 @@ def accuracy_vs_compute(points, path):
     fig.tight_layout()
     fig.savefig(path, **PNG)
     plt.close(fig)
+
+
+def reliability_bins(probabilities, labels, bins=15):
+    """Per confidence bin (lo, hi] of [0, 1]: (share of images, accuracy, mean confidence); NaN where empty."""
+    probabilities = np.asarray(probabilities, np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    index = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], confidence, side="left")
+    counts = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.bincount(index, weights=correct, minlength=bins) / counts
+        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
+    return counts / len(confidence), accuracy, mean_confidence
+
+
+def reliability_diagram(probabilities, labels, path, title, bins=15):
+    """Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration (hatched in
+    red: each bin's gap to its mean confidence), with each bin's share of images below and the ECE.
+
+    `probabilities`: an (N, C) array, or a dict {panel name: array} drawn side by side (e.g. before and after
+    calibration) on the same `labels`."""
+    panels = probabilities if isinstance(probabilities, dict) else {"": probabilities}
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 5.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    width = 1.0 / bins
+    centres = (np.arange(bins) + 0.5) * width
+    for (name, probs), top, bottom in zip(panels.items(), axes[0], axes[1]):
+        share, accuracy, confidence = reliability_bins(probs, labels, bins)
+        filled = share > 0
+        ece = float(np.sum(share[filled] * np.abs(accuracy[filled] - confidence[filled])))
+        top.bar(centres[filled], accuracy[filled], width=width, color="C0", edgecolor="black", linewidth=0.5,
+                label="accuracy")
+        top.bar(centres[filled], confidence[filled] - accuracy[filled], bottom=accuracy[filled], width=width,
+                fill=False, hatch="///", edgecolor="C3", linewidth=0.5, zorder=3, label="gap to mean confidence")
+        top.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+        top.text(0.04, 0.93, f"ECE {ece:.3f} ({bins} bins)", transform=top.transAxes, fontsize=9,
+                 bbox={"facecolor": "white", "edgecolor": "none"})
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=name)
+        top.grid(alpha=0.3)
+        top.legend(fontsize=7, loc="lower right")
+        bottom.bar(centres, 100 * share, width=width, color="grey", edgecolor="black", linewidth=0.5)
+        bottom.set(xlabel="confidence (top probability)", ylabel="% of images")
+        bottom.grid(alpha=0.3)
+    highest = max(ax.get_ylim()[1] for ax in axes[1])
+    for ax in axes[1]:
+        ax.set_ylim(0, highest)  # the panels' shares on one scale
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, **PNG)
+    plt.close(fig)

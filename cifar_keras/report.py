@@ -5,6 +5,7 @@ import json
 import shlex
 from pathlib import Path
 
+from cifar_keras import config as run_config
 from cifar_keras import records
 from cifar_keras.errors import UserError
 
@@ -101,16 +102,14 @@ def reproducing_command(record):
     run says `--hparams none` (or today's `fit` would pick up a tuned file), and gets a flag for every
     recipe option whose value today's recipe no longer has. Options a record lacks predate the schema
     and ran at what is still their default."""
-    from cifar_keras import config as run_config
-
     command = record["command"]
     if record.get("kind") != "fit" or record.get("hparams_file") or record.get("model") not in run_config.RECIPES:
         return command
     if "--hparams" not in command:
         command += " --hparams none"
-    ran, today = record.get("config", {}), run_config.make_config(record["model"]).to_dict()
+    ran, today = run_config.upgrade(record.get("config", {})), run_config.make_config(record["model"]).to_dict()
     for name, value in ran.items():
-        if name not in today or name == "model" or value == today[name]:
+        if name == "model" or run_config.same_value(value, today[name]):
             continue
         if name == "model_args":
             command += " --model-args " + shlex.quote(json.dumps(value)) if "--model-args" not in command else ""
@@ -254,8 +253,9 @@ def ablation_table(folder, reference, title):
     lines = []
     for path, record in sorted(runs.items(), key=lambda item: item[1].get("name") != reference):
         try:
-            changed = [f"{k}={record['config'][k]}" for k in sorted(record["config"])
-                       if k not in NOT_RECIPE and record["config"][k] != base["config"].get(k)]
+            ran, reference_ran = run_config.upgrade(record["config"]), run_config.upgrade(base["config"])
+            changed = [f"{k}={ran[k]:.4g}" if isinstance(ran[k], float) else f"{k}={ran[k]}" for k in sorted(ran)
+                       if k not in NOT_RECIPE and not run_config.same_value(ran[k], reference_ran[k])]
             val = record["val"]
             delta = float(val["top1"]) - float(base["val"]["top1"])
             train_top1 = last_train_top1(logs[path.stem]) if path.stem in logs else "—"

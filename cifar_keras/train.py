@@ -1,7 +1,7 @@
 """`fit`: train a registered model on the training split, select on validation, test once, record.
 
 The stages read top to bottom in `fit`: prepare the run folder -> build the inputs ->
-plan -> train -> finalise (float32 rebuild, TTA, evaluation, save) -> record.
+plan -> train -> finalise (float32 rebuild, TTA, calibration, evaluation, save) -> record.
 """
 
 import dataclasses
@@ -16,9 +16,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifar_keras import data, flops, models, records, runtime
+from cifar_keras import calibrate, data, flops, models, records, runtime
 from cifar_keras.errors import UserError
-from cifar_keras.evaluate import evaluate_model
+from cifar_keras.evaluate import evaluate_model, metrics
 from cifar_keras.pipeline import make_dataset, train_batches
 
 
@@ -328,7 +328,8 @@ def float32_copy(config, weights):
 
 
 def finalise(plan, model, averaged, dataset, val_split):
-    """The float32 model to save (with flip TTA if asked) and its scores; the test set is used here, once.
+    """The float32 model to save (with flip TTA if asked, calibrated) and its scores; the test set is used here,
+    once.
 
     With weight averaging, the averaged weights and the best epoch's compete on validation."""
     config = plan.config
@@ -348,9 +349,24 @@ def finalise(plan, model, averaged, dataset, val_split):
         final = models.with_flip_tta(final)
         val["top1_flip_tta"] = round(evaluate_model(final, val_split, fine_to_coarse)["top1"], 2)
     # Recipe studies (ablations) judge on validation only and leave the test set unseen.
-    test = evaluate_model(final, dataset.test, fine_to_coarse) if config.test_set else None
+    final, calibration, test = calibrated(final, dataset, val_split, config.test_set)
     final.save(plan.paths["model"])
-    return base, final, val, test
+    return base, final, val, test, calibration
+
+
+def calibrated(final, dataset, val_split, use_test):
+    """`final` with a temperature fitted on validation folded in (calibrate.py), the calibration record,
+    and the test scores of exactly that model (None without the test set), from one pass over the test images.
+
+    Always on, no option: the temperature minimises the validation NLL with T = 1 among the candidates,
+    so it cannot raise it, and dividing the logits by T > 0 leaves every predicted class as it was."""
+    test_split = dataset.test if use_test else None
+    final, calibration, test_logits = calibrate.calibrate(final, val_split, test_split)
+    test = None
+    if use_test:
+        probabilities = calibrate.probabilities(test_logits, calibration["temperature"])
+        test = metrics(probabilities, test_split.fine, test_split.coarse, dataset.fine_to_coarse())
+    return final, calibrate.rounded(calibration), test
 
 
 def compute(base, final, train_images_seen):
@@ -363,7 +379,7 @@ def compute(base, final, train_images_seen):
             "training_flops": flops.training_flops(forward, train_images_seen)}
 
 
-def make_record(plan, command, hparams, base, final, val_scores, test, train_split, val_split, started):
+def make_record(plan, command, hparams, base, final, val_scores, test, calibration, train_split, val_split, started):
     config, paths = plan.config, plan.paths
     log = records.read_log(paths["log"])
     best = max(log, key=lambda row: row["val_accuracy"])
@@ -394,6 +410,7 @@ def make_record(plan, command, hparams, base, final, val_scores, test, train_spl
                 **val_scores},
         "flip_tta": config.tta,
         "test": test and {k: round(v, 4) if isinstance(v, float) else v for k, v in test.items()},
+        "calibration": calibration,
         "config": config.to_dict(),
         "code": records.code_version(),
         **runtime.environment(),
@@ -428,8 +445,9 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
               f"{plan.config.epochs} epochs" + (f", resuming after epoch {first_epoch}" if first_epoch else ""),
               flush=True)
         model, averaged = train(plan, train_split, val_split, scope, extra_callbacks)
-    base, final, val_scores, test = finalise(plan, model, averaged, dataset, val_split)
-    record = make_record(plan, command, hparams, base, final, val_scores, test, train_split, val_split, started)
+    base, final, val_scores, test, calibration = finalise(plan, model, averaged, dataset, val_split)
+    record = make_record(plan, command, hparams, base, final, val_scores, test, calibration, train_split, val_split,
+                         started)
     if budget:
         spent = budget["measurement_s"] + record["train_wall_time_s"]
         record["time_budget"] = {**budget, "train_and_val_wall_time_s": record["train_wall_time_s"],

@@ -110,3 +110,11 @@ def test_config_is_immutable_and_serialisable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.epochs = 3
     assert json.loads(json.dumps(built.to_dict())) == built.to_dict()
+
+
+def test_an_old_records_config_is_read_in_todays_schema():
+    old = {"model": "cnn", "model_args": {}, "epochs": 8, "warmup_epochs": 2, "batch_size": 256, "tta": False}
+    upgraded = config.upgrade(old)
+    assert upgraded["warmup"] == 0.25  # 2 of 8 epochs
+    assert "warmup_epochs" not in upgraded and set(upgraded) == set(FIELDS)
+    assert upgraded["ema"] == FIELDS["ema"].default and upgraded["epochs"] == 8
