@@ -48,10 +48,15 @@ def test_unset_flags_leave_the_recipe():
 
 @pytest.mark.parametrize("model", sorted(RECIPES))
 def test_recipes_are_valid_overrides_of_the_defaults(model):
+    from cifar_keras import models
+
     recipe = make_config(model)
     assert recipe.model == model
     for name, value in RECIPES[model].items():
-        assert getattr(recipe, name) == value and config.check(name, value, "recipe") == value
+        if name == "model_args":
+            assert recipe.model_args == value == models.check_model_args(value, model, "recipe")
+        else:
+            assert getattr(recipe, name) == value and config.check(name, value, "recipe") == value
     untouched = set(FIELDS) - set(RECIPES[model]) - {"model"}
     assert all(getattr(recipe, name) == FIELDS[name].default or name == "model_args" for name in untouched)
 

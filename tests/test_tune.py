@@ -106,11 +106,13 @@ def test_search_space_defaults_are_the_built_in_recipe(model):
     recipe = config.make_config(model)
     assert isinstance(found, config.RunConfig) and isinstance(recipe, config.RunConfig)
     builder = {k: p.default for k, p in inspect.signature(spec.build).parameters.items()}
-    assert found.model_args  # the space sets builder arguments ...
-    for key, value in found.model_args.items():  # ... at the builder's defaults
-        assert list(value) == list(builder[key]) if isinstance(value, (list, tuple)) else value == builder[key]
-    assert recipe.model_args == {}
-    assert dataclasses.replace(found, model_args={}) == recipe
+    # The space sets builder arguments at the recipe's values (the builder's defaults unless the recipe sets them).
+    expected = {**builder, **recipe.model_args}
+    searched = set(found.model_args) - set(recipe.model_args)
+    assert searched
+    for key, value in found.model_args.items():
+        assert list(value) == list(expected[key]) if isinstance(value, (list, tuple)) else value == expected[key]
+    assert dataclasses.replace(found, model_args={}) == dataclasses.replace(recipe, model_args={})
 
 
 def test_budget_epochs_is_the_nearest_whole_number_or_what_fits():
