@@ -3,6 +3,10 @@
 Each (backend, precision) runs in its own process (the backend is fixed at import) on the
 same synthetic batches through the real tf.data pipeline: a few warm-up steps (compilation),
 then timed steps of `fit`, and a timed pass of the input pipeline alone.
+
+`bench --inference`: a trained model's inference per deployment format and precision (Keras,
+SavedModel, ONNX, LiteRT, OpenVINO; float32, int8, bfloat16), each in its own process with its
+own runtime: batch-1 latency (median, p99) and large-batch throughput.
 """
 
 import json
@@ -60,6 +64,148 @@ def run(model_name="cnn", backends=BACKENDS, precisions=PRECISIONS, batch_size=2
     return results
 
 
+# --- bench --inference -----------------------------------------------------------------------------
+
+INFERENCE_FORMATS = ("keras", "saved_model", "onnx", "litert", "openvino")
+INFERENCE_PRECISIONS = ("float32", "int8", "bfloat16")
+INT8_CPU_FEATURES = {"avx512_vnni", "avx_vnni", "amx_int8"}  # what int8 kernels use, beside runtime's list
+
+
+def inference_rows(formats, precisions, bf16_available):
+    """(format, precision) pairs to time: float32 everywhere, int8 where an int8 export exists (litert,
+    openvino), bfloat16 where the runtime computes a float32 model in it (openvino, on CPUs that can)."""
+    from cifar_keras.export import INT8_FORMATS
+
+    rows = []
+    for fmt in formats:
+        for precision in precisions:
+            if (precision == "float32" or (precision == "int8" and fmt in INT8_FORMATS)
+                    or (precision == "bfloat16" and fmt == "openvino" and bf16_available)):
+                rows.append((fmt, precision))
+    return rows
+
+
+def size_bytes(path):
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+
+
+def time_inference(model_path, precision, batch_size, steps, warmup, latency_runs, threads=None):
+    """Batch-1 latency (median and p99 over `latency_runs` calls) and batch-`batch_size` throughput (over
+    `steps` calls) of one model in its runtime, in this process, after `warmup` untimed calls of each size."""
+    import time
+
+    from cifar_keras import runtimes
+
+    predictor = runtimes.load(model_path, "bfloat16" if precision == "bfloat16" else None, threads)
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (batch_size, 32, 32, 3)).astype(np.float32)
+    one = batch[:1]
+    for _ in range(warmup):
+        predictor(one)
+    latencies = []
+    for _ in range(latency_runs):
+        start = time.perf_counter()
+        predictor(one)
+        latencies.append(time.perf_counter() - start)
+    for _ in range(warmup):
+        predictor(batch)
+    start = time.perf_counter()
+    for _ in range(steps):
+        predictor(batch)
+    elapsed = time.perf_counter() - start
+    return {"format": predictor.format, "precision": predictor.precision, "runtime": predictor.runtime,
+            "latency_ms_median": round(1000 * float(np.median(latencies)), 3),
+            "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 3),
+            "throughput_images_per_s": round(batch_size * steps / elapsed, 1)}
+
+
+def check_inference_runtimes(formats, int8):
+    """One-line UserError (which extra to install) for the first runtime or converter that is missing."""
+    from cifar_keras.runtimes import RUNTIMES, require
+
+    needs = {"onnx": [("tf2onnx", "tf2onnx")], "openvino": [("nncf", "nncf")] if int8 else []}
+    for fmt in formats:
+        for module, package in [RUNTIMES[fmt], *needs.get(fmt, [])]:
+            require(module, package, f"bench --inference of {fmt}")
+
+
+def run_inference(model_file, formats=INFERENCE_FORMATS, precisions=INFERENCE_PRECISIONS, batch_size=256, steps=20,
+                  warmup=3, latency_runs=200, calibration=None, threads=None, workdir=None):
+    """Export `model_file` to every format in `formats` (int8 too, calibrated on `calibration` images, when
+    `precisions` has int8) into `workdir`, then time each (format, precision) in its own process, one after
+    the other: only that runtime is loaded and nothing else competes for the CPU. Failures are recorded."""
+    import tempfile
+    from pathlib import Path
+
+    from cifar_keras import models, runtimes
+    from cifar_keras.export import INT8_FORMATS, artifacts, export_model
+
+    int8 = "int8" in precisions and any(fmt in INT8_FORMATS for fmt in formats)
+    check_inference_runtimes(formats, int8)
+    rows = inference_rows(formats, precisions, "bfloat16" in precisions and "openvino" in formats
+                          and runtimes.openvino_bf16_available())
+    model = models.load_keras_model(model_file)
+    results = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        paths = {("keras", "float32"): Path(model_file)}
+        for fmt in formats:
+            if fmt == "keras":
+                continue
+            print(f"bench: exporting {fmt} ...", file=sys.stderr, flush=True)
+            target = export_model(model, tmp, fmt, 1, fmt, calibration if int8 and fmt in INT8_FORMATS else None)
+            for path, precision in artifacts(target, fmt):
+                paths[(fmt, precision)] = path
+            if fmt == "openvino":
+                paths[("openvino", "bfloat16")] = paths[("openvino", "float32")]
+        for fmt, precision in rows:
+            path = paths[(fmt, precision)]
+            args = [sys.executable, "-m", "cifar_keras.bench", "--inference", str(path), precision, str(batch_size),
+                    str(steps), str(warmup), str(latency_runs), str(threads or 0)]
+            print(f"bench: {fmt} {precision} ...", file=sys.stderr, flush=True)
+            done = subprocess.run(args, capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            if done.returncode == 0 and lines:
+                result = json.loads(lines[-1])
+            else:
+                error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                result = {"format": fmt, "precision": precision, "error": error[:300]}
+            result["size_mb"] = round(size_bytes(path) / 1e6, 2)
+            result["threads"] = threads or ("os.cpu_count()" if fmt == "litert" else "runtime default")
+            results.append(result)
+            print(f"bench: {result}", file=sys.stderr, flush=True)
+    return results
+
+
+def inference_table(record):
+    """Markdown table of a `bench --inference` record, with a sentence saying what and where."""
+    hardware = record["hardware"]
+    lines = [f"Inference of `{record['model_file']}` on {hardware['cpu']} ({hardware['cores']} cores; CPU features: "
+             f"{', '.join(hardware['cpu_features']) or 'none reported'}), each format in its own process, measured "
+             f"side by side by `{record['command']}`: batch-1 latency over {record['latency_runs']} calls, batch-"
+             f"{record['batch_size']} throughput over {record['steps']} calls, after {record['warmup']} warm-up calls "
+             "of each; int8 calibrated on training images.", "",
+             f"| Format | Runtime | Precision | Size (MB) | Batch-1 latency median (ms) | p99 (ms) | "
+             f"Batch-{record['batch_size']} images/s |", "|---|---|---|---|---|---|---|"]
+    for r in record["results"]:
+        if "error" in r:
+            lines.append(f"| {r['format']} | | {r['precision']} | {r['size_mb']} | failed: {r['error']} | | |")
+        else:
+            lines.append(f"| {r['format']} | {r['runtime']} | {r['precision']} | {r['size_mb']} | "
+                         f"{r['latency_ms_median']:.2f} | {r['latency_ms_p99']:.2f} | "
+                         f"{r['throughput_images_per_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    name, precision, batch, steps, warmup = sys.argv[1:6]
-    print(json.dumps(measure(name, precision, int(batch), int(steps), int(warmup))))
+    if sys.argv[1] == "--inference":
+        path, precision, batch, steps, warmup, latency_runs, threads = sys.argv[2:9]
+        print(json.dumps(time_inference(path, precision, int(batch), int(steps), int(warmup), int(latency_runs),
+                                        int(threads) or None)))
+    else:
+        name, precision, batch, steps, warmup = sys.argv[1:6]
+        print(json.dumps(measure(name, precision, int(batch), int(steps), int(warmup))))

@@ -91,7 +91,7 @@ def fit_temperature(logits_list, labels, low=TEMPERATURE_RANGE[0], high=TEMPERAT
 
     A grid on log T (T = 1 included) finds the best bracket, then golden-section search refines it.
     The NLL is convex in 1/T for one logit set, hence unimodal in log T; the grid guards the average
-    over flip-TTA views, which need not be. The answer is never worse on these labels than T = 1,
+    over flip-TTA views, whose NLL need not be unimodal. The answer is never worse on these labels than T = 1,
     so calibrating cannot raise the NLL it is fitted on.
     """
     views, labels = _as_list(logits_list), np.asarray(labels)

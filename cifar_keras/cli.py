@@ -118,11 +118,12 @@ def run_fit(args, argv):
 # --- evaluate ----------------------------------------------------------------------------------
 
 def add_evaluate_parser(sub):
-    parser = sub.add_parser("evaluate", help="test-set metrics of a saved .keras model",
+    parser = sub.add_parser("evaluate", help="test-set metrics of a saved .keras model or of an export",
                             description="Top-1, top-5 and superclass accuracy of a saved model, and how well its "
                             "probabilities are calibrated (ECE over 15 confidence bins, NLL, Brier score), on the "
                             "test set (default) or on the validation split that fit carves from the training set.")
-    parser.add_argument("model_path")
+    parser.add_argument("model_path", help="a .keras file, or an export folder or file (SavedModel, model.onnx, "
+                        "model.tflite, model_int8.tflite, model.xml, model_int8.xml), run in its own runtime")
     parser.add_argument("--split", choices=("test", "val"), default="test")
     groups = {"data": parser}
     run_config.add_run_options(parser, groups, ["val_size", "seed"])
@@ -135,16 +136,20 @@ def add_evaluate_parser(sub):
 
 
 def run_evaluate(args, argv):
-    from cifar_keras import data, models, records, runtime
-    from cifar_keras.evaluate import evaluate_model
+    from cifar_keras import data, models, records, runtime, runtimes
+    from cifar_keras.evaluate import evaluate_model, evaluate_predictor
 
-    model = models.load_keras_model(args.model_path)
+    fmt = runtimes.detect(args.model_path)[0]  # .keras, or any export, in its own runtime
+    if fmt != "keras" and args.report_dir:
+        raise UserError("--report-dir needs the .keras model")
+    model = models.load_keras_model(args.model_path) if fmt == "keras" else runtimes.load(args.model_path)
     dataset = data.load(args.data_dir)
     split = dataset.test
     if args.split == "val":
         split = data.train_val_split(dataset.train, args.val_size, seed=args.seed)[1]
-    result = evaluate_model(model, split, dataset.fine_to_coarse())
-    record = {"kind": "evaluate", "model_path": str(args.model_path), "split": args.split,
+    result = (evaluate_model if fmt == "keras" else evaluate_predictor)(model, split, dataset.fine_to_coarse())
+    deployed = {} if fmt == "keras" else {"format": fmt, "precision": model.precision, "runtime": model.runtime}
+    record = {"kind": "evaluate", "model_path": str(args.model_path), **deployed, "split": args.split,
               "command": command_line(argv), args.split: result, **runtime.environment()}
     if args.output:
         records.write(args.output, record)
@@ -267,34 +272,75 @@ def run_tune(args, argv):
 
 def add_export_parser(sub):
     parser = sub.add_parser(
-        "export", help="write a .keras model as a SavedModel for TF Serving",
-        description="Write MODEL_PATH as a SavedModel in TF Serving's layout ROOT/NAME/VERSION/. Signature "
-        "serving_default: input 'pixels' float32 (None, 32, 32, 3) raw RGB 0-255; outputs 'probabilities' (None, "
-        "100), 'top5_classes' (None, 5) and 'top5_probabilities' (None, 5). Class names go to "
-        "VERSION/assets.extra/labels.txt.")
+        "export", help="write a .keras model for TF Serving, onnxruntime, LiteRT or OpenVINO",
+        description="Write MODEL_PATH in FORMAT's layout ROOT/NAME/VERSION/, then run it in its own runtime in a "
+        "fresh process and compare with the .keras model. Every format takes 'pixels' float32 (None, 32, 32, 3) raw "
+        "RGB 0-255 and returns 'probabilities' (None, 100); class names go to labels.txt. saved_model (TF Serving): "
+        "saved_model.pb + variables/, labels in assets.extra/, signature serving_default also returning "
+        "'top5_classes' and 'top5_probabilities'; onnx: model.onnx; litert: model.tflite (+ model_int8.tflite); "
+        "openvino: model.xml + model.bin (+ model_int8.xml/.bin). onnx, litert and openvino need "
+        "pip install -e '.[deploy]'.")
     parser.add_argument("model_path")
-    parser.add_argument("--name", help="model name in TF Serving (default: the file's stem, e.g. cnn)")
+    parser.add_argument("--format", choices=("saved_model", "onnx", "litert", "openvino"), default="saved_model",
+                        help="default: saved_model")
+    parser.add_argument("--name", help="model name in the server (default: the file's stem, e.g. cnn)")
     parser.add_argument("--version", type=positive_int,
                         help="version number (default: one more than the highest present)")
-    parser.add_argument("--root", default="saved_models", help="folder holding NAME/VERSION/ (default: saved_models)")
+    parser.add_argument("--root", help="folder holding NAME/VERSION/ (default: saved_models for saved_model, "
+                        "saved_models/FORMAT otherwise, so TF Serving's model folder holds SavedModels only)")
+    parser.add_argument("--int8", action="store_true",
+                        help="litert and openvino: also write an int8 model (post-training quantisation calibrated on "
+                        "training images; OpenVINO's with nncf)")
+    parser.add_argument("--calibration-images", type=positive_int, default=500,
+                        help="training images for --int8 calibration, stratified over the classes (default 500)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip running the export in its own runtime (fresh process) against the .keras model")
+    add_data_dir(parser)
     parser.set_defaults(handler=run_export)
 
 
 def run_export(args, argv):
-    from cifar_keras import models
-    from cifar_keras.export import export_model
+    import numpy as np
 
+    from cifar_keras import models
+    from cifar_keras.export import artifacts, calibration_images, check_format, export_model, verify
+
+    check_format(args.format, args.int8)
+    if not args.no_verify:  # before writing anything
+        from cifar_keras.runtimes import RUNTIMES, require
+
+        require(*RUNTIMES[args.format], f"verifying the {args.format} export")
     model = models.load_keras_model(args.model_path)
-    target = export_model(model, args.root, args.name or Path(args.model_path).stem, args.version)
+    images = None
+    if args.int8 or args.data_dir:
+        images = calibration_images(args.data_dir, args.calibration_images)
+    root = args.root or ("saved_models" if args.format == "saved_model" else f"saved_models/{args.format}")
+    target = export_model(model, root, args.name or Path(args.model_path).stem, args.version, args.format,
+                          images if args.int8 else None)
     print(f"exported {args.model_path} -> {target}")
+    if args.no_verify:
+        return
+    if images is None:  # without --data-dir
+        images = np.random.default_rng(0).integers(0, 256, (100, 32, 32, 3))
+        what = "100 random-pixel images (--data-dir: training images)"
+    else:
+        what = f"{len(images)} training images"
+    pixels = images.astype(np.float32)
+    expected = model.predict(pixels, verbose=0)
+    for path, precision in artifacts(target, args.format):
+        check = verify(path, args.format, precision, pixels, expected)
+        print(f"verified {path} ({precision}) in {check['runtime']}, fresh process: top-1 agrees with the .keras model "
+              f"on {100 * check['top1_agreement']:.1f} % of {what}, max |probability difference| "
+              f"{check['max_abs_diff']:.1e}")
 
 
 def add_predict_parser(sub):
     parser = sub.add_parser(
         "predict", help="top-5 classes of image files",
-        description="Print the top-5 CIFAR-100 classes of each image (PNG, JPEG, BMP, ... any size; resized to "
-        "32x32, converted to RGB). MODEL is a .keras file or a SavedModel folder. Unreadable images are reported "
-        "one line each; the others are still predicted.")
+        description="Print the top-5 CIFAR-100 classes of each image (PNG, JPEG, BMP, ... any size, converted to "
+        "RGB; the largest centred square is cut out and resized to 32x32 with antialiasing, as CIFAR images are "
+        "object-centred squares). MODEL is a .keras file or an export (folder or file, any format). Unreadable "
+        "images are reported one line each; the others are still predicted.")
     parser.add_argument("model")
     parser.add_argument("images", nargs="+")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -320,33 +366,86 @@ def run_predict(args, argv):
 # --- bench and report --------------------------------------------------------------------------
 
 def add_bench_parser(sub):
-    parser = sub.add_parser("bench", help="CNN training throughput per Keras backend and precision",
+    parser = sub.add_parser("bench", help="CNN training throughput per Keras backend and precision (--inference: "
+                            "inference per deployment format and precision)",
                             description="Time fit() steps of MODEL on each Keras backend with and without mixed "
-                            "precision, one subprocess each, side by side; write the run record OUTPUT.")
+                            "precision, one subprocess each, side by side; write the run record OUTPUT. With "
+                            "--inference: export the trained MODEL (saved_models/MODEL.keras) to every format, then "
+                            "time batch-1 latency (median, p99) and batch-BATCH_SIZE throughput of each format and "
+                            "precision, one subprocess each (needs pip install -e '.[deploy]').")
     parser.add_argument("model", nargs="?", default="cnn", choices=MODEL_NAMES)
     parser.add_argument("--backends", default="tensorflow,jax,torch", help="comma-separated (default: all three)")
-    parser.add_argument("--precisions", default="float32,bfloat16",
-                        help="comma-separated (default: float32,bfloat16)")
+    parser.add_argument("--precisions",
+                        help="comma-separated (default: float32,bfloat16; with --inference float32,int8,bfloat16: "
+                        "int8 for litert and openvino, bfloat16 for openvino on CPUs that have it)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
-    parser.add_argument("--steps", type=positive_int, default=20, help="timed training steps (default 20)")
+    parser.add_argument("--steps", type=positive_int, default=20,
+                        help="timed training steps, or with --inference timed batch-BATCH_SIZE calls (default 20)")
     parser.add_argument("--warmup", type=positive_int, default=3,
-                        help="untimed steps first, for compilation (default 3)")
-    parser.add_argument("--output", default="saved_models/bench.json",
-                        help="run record (default: saved_models/bench.json)")
+                        help="untimed steps (calls of each batch size) first, for compilation (default 3)")
+    parser.add_argument("--output", help="run record (default: saved_models/bench.json, with --inference "
+                        "saved_models/inference.json)")
+    inference = parser.add_argument_group("inference (--inference)")
+    inference.add_argument("--inference", action="store_true",
+                           help="time inference of the trained model per format and precision instead of training")
+    inference.add_argument("--model-file", help="the .keras model (default: saved_models/MODEL.keras)")
+    inference.add_argument("--formats", default="keras,saved_model,onnx,litert,openvino",
+                           help="comma-separated (default: keras,saved_model,onnx,litert,openvino)")
+    inference.add_argument("--latency-runs", type=positive_int, default=200,
+                           help="timed batch-1 calls (default 200)")
+    inference.add_argument("--calibration-images", type=positive_int, default=500,
+                           help="training images calibrating the int8 models (default 500)")
+    inference.add_argument("--threads", type=positive_int,
+                           help="threads per runtime (default: each runtime's own, all cores; LiteRT: all cores)")
+    add_data_dir(inference)
     parser.set_defaults(handler=run_bench)
+
+
+def run_bench_inference(args, argv):
+    from cifar_keras import bench, records, runtime
+    from cifar_keras.export import calibration_images
+
+    formats = [f for f in args.formats.split(",") if f]
+    precisions = [p for p in (args.precisions or "float32,int8,bfloat16").split(",") if p]
+    for name, values, allowed in (("--formats", formats, bench.INFERENCE_FORMATS),
+                                  ("--precisions", precisions, bench.INFERENCE_PRECISIONS)):
+        wrong = sorted(set(values) - set(allowed))
+        if wrong or not values:
+            raise UserError(f"{name}: unknown {', '.join(wrong) or 'empty list'}; choose from {', '.join(allowed)}")
+    model_file = args.model_file or f"saved_models/{args.model}.keras"
+    bench.check_inference_runtimes(formats, "int8" in precisions)
+    calibration = None
+    if "int8" in precisions and {"litert", "openvino"} & set(formats):
+        calibration = calibration_images(args.data_dir, args.calibration_images)
+    results = bench.run_inference(model_file, formats, precisions, args.batch_size, args.steps, args.warmup,
+                                  args.latency_runs, calibration, args.threads)
+    environment = runtime.environment()
+    environment["hardware"]["cpu_features"] = sorted(
+        runtime.cpu_flags() & (runtime.REPORTED_CPU_FEATURES | bench.INT8_CPU_FEATURES))
+    record = {"kind": "bench_inference", "model_file": model_file, "command": command_line(argv),
+              "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+              "latency_runs": args.latency_runs, "calibration_images": args.calibration_images,
+              "results": results, **environment, "code": records.code_version()}
+    # Not bench*.json: report reads those as training benches.
+    records.write(args.output or "saved_models/inference.json", record)
+    print(bench.inference_table(record), end="")
+    return 1 if any("error" in r for r in results) else 0
 
 
 def run_bench(args, argv):
     from cifar_keras import bench, records, runtime
 
+    if args.inference:
+        return run_bench_inference(args, argv)
     backends = [b for b in args.backends.split(",") if b]
-    precisions = [p for p in args.precisions.split(",") if p]
+    precisions = [p for p in (args.precisions or "float32,bfloat16").split(",") if p]
     for name, values, allowed in (("--backends", backends, bench.BACKENDS),
                                   ("--precisions", precisions, bench.PRECISIONS)):
         wrong = sorted(set(values) - set(allowed))
         if wrong or not values:
             raise UserError(f"{name}: unknown {', '.join(wrong) or 'empty list'}; choose from {', '.join(allowed)}")
     results = bench.run(args.model, backends, precisions, args.batch_size, args.steps, args.warmup)
+    args.output = args.output or "saved_models/bench.json"
     records.write(args.output, {"kind": "bench", "model": args.model, "command": command_line(argv),
                                 "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
                                 "results": results, **runtime.environment(), "code": records.code_version()})

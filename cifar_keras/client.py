@@ -12,7 +12,8 @@ from cifar_keras.predict import read_image
 
 
 def build_request(image_paths):
-    """TF Serving's row format: {"instances": [32x32x3 nested lists of 0-255 values, ...]}."""
+    """TF Serving's row format: {"instances": [32x32x3 nested lists of 0-255 values, ...]}; each image
+    centre-cropped to a square and downscaled to 32x32 exactly as `predict` does (predict.fit_to_model)."""
     return {"instances": [read_image(path).tolist() for path in image_paths]}
 
 

@@ -29,3 +29,10 @@ def metrics(probabilities, fine, coarse, fine_to_coarse):
 
 def evaluate_model(model, split, fine_to_coarse, batch_size=500):
     return metrics(predict_probabilities(model, split.images, batch_size), split.fine, split.coarse, fine_to_coarse)
+
+
+def evaluate_predictor(predictor, split, fine_to_coarse, batch_size=500):
+    """The same metrics for an exported model in its own runtime (a runtimes.Predictor), batch by batch."""
+    probabilities = np.concatenate([predictor(split.images[i:i + batch_size].astype(np.float32))
+                                    for i in range(0, len(split.images), batch_size)])
+    return metrics(probabilities.astype(np.float64), split.fine, split.coarse, fine_to_coarse)

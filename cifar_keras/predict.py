@@ -1,4 +1,5 @@
-"""`predict`: top-5 classes of image files, from a .keras model or an exported SavedModel."""
+"""`predict`: top-5 classes of image files, from a .keras model or any export (SavedModel, ONNX, LiteRT,
+OpenVINO)."""
 
 from pathlib import Path
 
@@ -8,8 +9,34 @@ from cifar_keras.classes import FINE_NAMES
 from cifar_keras.errors import UserError
 
 
+MODEL_SIZE = 32
+
+
+def fit_to_model(image):
+    """A PIL RGB image of any size as the model's (32, 32, 3) uint8 input: the largest centred square,
+    resized to 32x32 with Lanczos resampling.
+
+    Centre crop, not padding: a CIFAR image shows one object, usually centred and filling most
+    of the frame, so cropping a photo's sides keeps its subject at the scale the model learned,
+    while padding would shrink it and add borders that no training image has (and squashing
+    would distort its shape). Pillow's resize filters widen with the reduction factor, so a large
+    photo is low-pass filtered as it shrinks (antialiased) rather than sampled at a few pixels.
+    The square is cut out before resizing: resizing a box of the whole image (ImageOps.fit) lets
+    the filter reach past the box and blend the cropped-off sides into the edge pixels.
+    Used by `predict` and by the REST client alike.
+    """
+    from PIL import Image
+
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return np.asarray(square.resize((MODEL_SIZE, MODEL_SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
 def read_image(path):
-    """Any PNG/JPEG/BMP/... file as a (32, 32, 3) uint8 RGB array (alpha composited on white)."""
+    """Any PNG/JPEG/BMP/... file as a (32, 32, 3) uint8 RGB array (alpha composited on white; see
+    `fit_to_model` for the crop and resize)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -21,33 +48,20 @@ def read_image(path):
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 image = image.convert("RGBA")
                 image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
-            image = image.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)
+            return fit_to_model(image.convert("RGB"))
     except UnidentifiedImageError:
         raise UserError(f"{path}: not an image file") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: corrupt image ({e})") from None
-    return np.asarray(image, dtype=np.uint8)
 
 
 def load_predictor(model_path):
-    """A function pixels (N, 32, 32, 3) -> probabilities (N, 100), and the class names."""
-    path = Path(model_path)
-    if path.is_dir():
-        if not (path / "saved_model.pb").is_file():
-            raise UserError(f"{path}: not a SavedModel folder (no saved_model.pb)")
-        import tensorflow as tf
+    """A function pixels (N, 32, 32, 3) -> probabilities (N, 100), and the class names, of a .keras file or
+    of any export (the format is read from the path: see runtimes.py)."""
+    from cifar_keras import runtimes
 
-        try:
-            serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-        except (KeyError, OSError, ValueError) as e:
-            raise UserError(f"{path}: cannot load SavedModel ({type(e).__name__})") from None
-        labels = path / "assets.extra" / "labels.txt"
-        names = labels.read_text().splitlines() if labels.is_file() else list(FINE_NAMES)
-        return (lambda pixels: serve(pixels=tf.constant(pixels, tf.float32))["probabilities"].numpy()), names
-    from cifar_keras.models import load_keras_model
-
-    model = load_keras_model(path)
-    return (lambda pixels: model.predict(pixels.astype(np.float32), verbose=0)), list(FINE_NAMES)
+    predictor = runtimes.load(model_path)
+    return predictor, predictor.names
 
 
 def predict_files(model_path, image_paths, top=5):

@@ -107,6 +107,8 @@ def reproducing_command(record):
         return command
     if "--hparams" not in command:
         command += " --hparams none"
+    if "config" not in record:
+        return command
     ran, today = run_config.upgrade(record.get("config", {})), run_config.make_config(record["model"]).to_dict()
     for name, value in ran.items():
         if name == "model" or run_config.same_value(value, today[name]):

@@ -259,3 +259,18 @@ def test_reliability_diagram_bins_give_the_ece(tmp_path):
     plots.reliability_diagram({"a": HAND_PROBABILITIES, "b": HAND_PROBABILITIES ** 2 / 2}, HAND_LABELS,
                               tmp_path / "r.png", "hand-made")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_the_savedmodel_export_serves_calibrated_probabilities(tmp_path):
+    import tensorflow as tf
+
+    model = models.cnn(widths=(8, 16, 16), stem_width=8)
+    calibrated = calibrate.with_temperature(model, 0.25)
+    calibrated.save(tmp_path / "tiny_calibrated.keras")
+    assert cli.main(["export", str(tmp_path / "tiny_calibrated.keras"), "--root", str(tmp_path / "serving")]) == 0
+    serve = tf.saved_model.load(str(tmp_path / "serving" / "tiny_calibrated" / "1")).signatures["serving_default"]
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    served = serve(pixels=tf.constant(pixels, tf.float32))["probabilities"].numpy()
+    expected = calibrate.probabilities(calibrate.model_logits(model, pixels), 0.25)
+    assert np.allclose(served, expected, atol=1e-5)
+    assert not np.allclose(served, model.predict(pixels.astype("float32"), verbose=0), atol=1e-3)

@@ -60,3 +60,17 @@ def test_request_body_and_parsed_reply(tmp_path, monkeypatch):
         [("bear", 0.5), ("apple", 0.2), ("beaver", 0.15), ("aquarium_fish", 0.1), ("baby", 0.05)],
         [("worm", 0.9), ("woman", 0.04), ("wolf", 0.03), ("willow_tree", 0.02), ("whale", 0.01)],
     ]
+
+
+def test_the_client_sends_the_centre_of_a_large_non_square_photo(tmp_path, monkeypatch):
+    pixels = np.empty((480, 640, 3), np.uint8)
+    pixels[...] = (20, 60, 220)
+    pixels[:, 80:560] = (200, 40, 40)  # the centred 480x480 square
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    server = FakeServer({"predictions": [{"top5_classes": [0, 1, 2, 3, 4], "top5_probabilities": [0.2] * 5}]})
+    monkeypatch.setattr(urllib.request, "urlopen", server)
+    client.predict_rest("http://serving:8501/v1/models/cnn:predict", [tmp_path / "photo.png"])
+    sent = np.array(json.loads(server.requests[0].data)["instances"][0])
+    # What predict itself feeds the model, and only the centre square's colour.
+    assert (sent == client.read_image(tmp_path / "photo.png")).all()
+    assert sent.shape == (32, 32, 3) and (np.abs(sent - (200, 40, 40)) <= 1).all()

@@ -133,9 +133,52 @@ def test_rgba_is_composited_on_white(tmp_path):
 
 @pytest.mark.parametrize("model, message", [
     ("/nonexistent/model.keras", "model file not found"),
-    (".", "not a SavedModel folder"),
+    (".", "not an exported model folder"),
 ])
 def test_wrong_model_path_is_one_line_error(model, message, images, capsys):
     assert cli.main(["predict", model, str(images / "small.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {model}: {message}") and err.endswith("\n") and err.count("\n") == 1
+
+
+CENTRE, SIDES = (200, 40, 40), (20, 60, 220)
+
+
+def banded_photo(width=640, height=480):
+    """A photo-sized image whose centred square is one colour and whose side bands are another."""
+    pixels = np.empty((height, width, 3), np.uint8)
+    pixels[...] = SIDES
+    side = min(width, height)
+    top, left = (height - side) // 2, (width - side) // 2
+    pixels[top:top + side, left:left + side] = CENTRE
+    return pixels
+
+
+@pytest.mark.parametrize("width, height", [(640, 480), (480, 640)])
+def test_a_large_non_square_photo_is_centre_cropped(tmp_path, width, height):
+    from cifar_keras.predict import read_image
+
+    Image.fromarray(banded_photo(width, height)).save(tmp_path / "photo.png")
+    pixels = read_image(tmp_path / "photo.png")
+    # Only the centre square is kept: no trace of the side bands (padding or squashing would show them).
+    assert pixels.shape == (32, 32, 3) and (np.abs(pixels.astype(int) - CENTRE) <= 1).all()
+
+
+def test_downscaling_is_antialiased(tmp_path):
+    from cifar_keras.predict import read_image
+
+    # A one-pixel checkerboard averages to mid-grey; sampling every 15th pixel (480 -> 32) without
+    # low-pass filtering would give pure black or white.
+    checkerboard = (np.indices((480, 640)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    Image.fromarray(checkerboard, mode="L").save(tmp_path / "fine.png")
+    pixels = read_image(tmp_path / "fine.png").astype(int)
+    assert (np.abs(pixels - 127.5) < 10).all()
+
+
+def test_predict_on_a_640x480_photo_sees_its_centre(keras_file, tmp_path, capsys):
+    Image.fromarray(banded_photo()).save(tmp_path / "photo.jpg", quality=95)
+    Image.new("RGB", (32, 32), CENTRE).save(tmp_path / "centre.png")
+    _, results, _ = run_predict(capsys, keras_file, [tmp_path / "photo.jpg", tmp_path / "centre.png"])
+    photo, centre = ([entry["probability"] for entry in result["top"]] for result in results)
+    assert [e["index"] for e in results[0]["top"]] == [e["index"] for e in results[1]["top"]]
+    assert np.allclose(photo, centre, atol=0.02)

@@ -85,10 +85,11 @@ def test_dirac_init_makes_stage_convs_start_as_the_identity():
     model = models.cnn(widths=(8, 16, 16), stem_width=8, dirac=True)
     conv = model.get_layer("stage2_res_conv")  # 16 -> 16: every filter is the identity
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 16)).astype(np.float32)
-    assert np.allclose(conv(x), x, atol=1e-6)
+    assert np.allclose(keras.ops.convert_to_numpy(conv(x)), x, atol=1e-6)
     widening = model.get_layer("stage2_conv")  # 8 -> 16: the first 8 filters pass their channel through
     x8 = np.random.default_rng(1).normal(size=(2, 16, 16, 8)).astype(np.float32)
-    assert np.allclose(widening(x8)[..., :8], x8, atol=1e-6)
-    assert not np.allclose(widening(x8)[..., 8:], 0)  # the rest keep their random initialisation
+    widened = keras.ops.convert_to_numpy(widening(x8))
+    assert np.allclose(widened[..., :8], x8, atol=1e-6)
+    assert not np.allclose(widened[..., 8:], 0)  # the rest keep their random initialisation
     reloaded_config = keras.Model.from_config(model.get_config())  # plain Keras layers only
     assert reloaded_config.get_layer("stage2_conv").kernel_initializer.__class__.__name__ == "HeNormal"

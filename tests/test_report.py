@@ -218,7 +218,8 @@ def test_study_table_uses_its_reference_and_shows_flip_tta(project):
     rows = [line for line in text.splitlines() if line.startswith("| `ref_e7`") or line.startswith("| `ls01`")]
     assert rows[0].startswith("| `ref_e7` | (reference) | 60.00 % | +0.00 |")
     assert rows[0].endswith("| — | 1.05 PFLOP | Test CPU (2 cores) [avx2, amx_bf16] | "
-                            "`python -m cifar_keras fit cnn --hparams none` |")
+                            f"`{report.reproducing_command(reference)}` |")
+    assert report.reproducing_command(reference).startswith("python -m cifar_keras fit cnn --hparams none")
     assert rows[1].startswith("| `ls01` | label_smoothing=0.1 | 61.25 % | +1.25 |")  # tta, time_budget: not recipe
     assert "| 62.50 % | 1.05 PFLOP | Test CPU (2 cores) | `" in rows[1]
 
