@@ -10,6 +10,7 @@ This module imports no Keras, so `--help` stays fast.
 import argparse
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,8 @@ def check(name, value, where):
         value, ok = float(value), True
     if not ok:
         raise UserError(f"{where}: '{name}' must be {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise UserError(f"{where}: '{name}' must be a finite number, got {value!r}")
     if choices and value not in choices:
         raise UserError(f"{where}: '{name}' must be one of {', '.join(choices)}, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
@@ -188,12 +191,17 @@ def recipe_values(name):
                                    for model, value in values.items())
 
 
+def flag_of(name):
+    """The command-line flag of option `name`."""
+    return FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")
+
+
 def add_run_options(parser, groups, names):
     """Flags for the RunConfig fields `names` in their `groups` (argparse groups by key); all default to None,
     so an unset flag leaves the recipe (or the tuned hyperparameters) as they are."""
     for name in names:
         meta = FIELDS[name].metadata
-        flag = meta["flag"] or "--" + name.replace("_", "-")
+        flag = flag_of(name)
         default = FIELDS[name].default
         help_text = meta["help"] if default is None else f"{meta['help']} ({recipe_values(name)})"
         if meta["kind"] is bool:

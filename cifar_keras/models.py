@@ -65,6 +65,8 @@ def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=
     images by `whiten_from_data`). dirac: start every stage conv as the identity on its
     first input-many filters (airbench), so a fresh net passes its input through.
     """
+    if stem not in ("conv", "whiten"):
+        raise ValueError(f"stem must be 'conv' or 'whiten', got {stem!r}")
     inputs = keras.Input((32, 32, 3), name="pixels")
     x = normalise(inputs)
     if stem == "whiten":
@@ -191,9 +193,13 @@ def get_spec(name):
 def check_model_args(model_args, name, where):
     """`model_args` if every key is an argument of the model's builder, else a one-line UserError."""
     builder_args = set(inspect.signature(get_spec(name).build).parameters)
-    unknown = sorted(set(model_args) - builder_args)
+    unknown = sorted(set(model_args) - (builder_args - {"num_classes"}))  # the data set fixes the classes
     if unknown:
         raise UserError(f"{where}: unknown model_args for {name}: {', '.join(unknown)}")
+    try:  # values too: a wrong one fails here, in one line, not after the data has loaded
+        get_spec(name).build(**model_args)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: model_args {model_args} do not build a {name} ({str(e).splitlines()[0][:160]})") from None
     return model_args
 
 

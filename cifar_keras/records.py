@@ -45,5 +45,7 @@ def read(path):
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: run record not found") from None
+    except OSError as e:  # a folder, no permission, ...
+        raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None

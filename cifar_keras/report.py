@@ -17,18 +17,30 @@ COLUMNS = ("Model", "Params", "Test top-1", "Test top-5", "Superclass", "Epochs"
 NOT_RECIPE = {"hparams_file", "test_set", "tta", "time_budget"}
 
 
+PREVIOUS = "previous"  # records of models a newer recipe replaced: shown as previous/NAME
+
+
+def fit_records(folder):
+    """(path, record, label) of every fit run record with a test score in `folder` and its previous/."""
+    for sub, prefix in ((Path(folder), ""), (Path(folder) / PREVIOUS, f"{PREVIOUS}/")):
+        for path in sorted(sub.glob("*.json")):
+            record = records.read(path)
+            if not isinstance(record, dict) or record.get("kind") != "fit" or record.get("test", {}) is None:
+                continue  # fit records without a test score are recipe studies (see ablation_table)
+            yield path, record, prefix + str(record.get("name"))
+
+
 def load_fit_records(folder):
-    """Every fit run record (*.json with "kind": "fit") in `folder`, the MLP baseline first."""
+    """Table rows of every fit run record in `folder` (and its previous/), the MLP baseline first."""
     found = []
-    for path in sorted(Path(folder).glob("*.json")):
-        record = records.read(path)
-        if not isinstance(record, dict) or record.get("kind") != "fit" or record.get("test", {}) is None:
-            continue  # fit records without a test score are recipe studies (see ablation_table)
+    for path, record, label in fit_records(folder):
         try:
-            row = table_row(record)
+            row = (f"`{label}`", *table_row(record)[1:])
+            if label.startswith(f"{PREVIOUS}/"):  # rerunning it must not overwrite today's model
+                row = (*row[:-1], f"`{reproducing_command(record)} --output-dir {path.parent.as_posix()}`")
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}: malformed run record ({type(e).__name__}: {e})") from None
-        found.append((record["model"] != "mlp", record["name"], row))
+        found.append((record["model"] != "mlp", label, row))
     return [row for *_, row in sorted(found)]
 
 
@@ -116,7 +128,7 @@ def reproducing_command(record):
         if name == "model_args":
             command += " --model-args " + shlex.quote(json.dumps(value)) if "--model-args" not in command else ""
             continue
-        flag = run_config.FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")
+        flag = run_config.flag_of(name)
         if isinstance(value, bool):
             flag = flag if value else flag.replace("--", "--no-", 1)
             command += "" if flag in command.split() else f" {flag}"
@@ -281,16 +293,18 @@ def ablation_table(folder, reference, title):
 
 
 def compute_points(records_dir):
-    """Top-1 against training compute of every fit run in `records_dir` and its ablations/ and study/."""
+    """Top-1 against training compute of every fit run in `records_dir` and its previous/, ablations/ and study/."""
     points = []
-    for folder in (Path(records_dir), Path(records_dir) / "ablations", Path(records_dir) / "study"):
+    for folder in (Path(records_dir), Path(records_dir) / PREVIOUS, Path(records_dir) / "ablations",
+                   Path(records_dir) / "study"):
         for path in sorted(folder.glob("*.json")):
             record = records.read(path)
             if not isinstance(record, dict) or record.get("kind") != "fit":
                 continue
             try:
                 test = record.get("test")
-                points.append({"name": record["name"], "pflop": training_compute(record)["training_flops"] / 1e15,
+                label = f"{PREVIOUS}/{record['name']}" if folder.name == PREVIOUS else record["name"]
+                points.append({"name": label, "pflop": training_compute(record)["training_flops"] / 1e15,
                                "top1": float((test or record["val"])["top1"]), "test": bool(test),
                                "flip_tta": record.get("val", {}).get("top1_flip_tta")})
             except (KeyError, TypeError, ValueError) as e:

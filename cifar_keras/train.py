@@ -257,14 +257,19 @@ def finished_epochs(backup_dir):
         return 0
 
 
-def prepare_run_folder(output_dir, name):
+def prepare_run_folder(output_dir, name, config):
     """Paths of the run's files, and the epochs an interrupted run already trained.
 
     A new run starts without stale logs or checkpoints; a resumed run keeps the log rows of
     the epochs its backup holds and drops any row written after (the backup is the truth).
+    Only the same config resumes: another one would continue the old weights under a new recipe.
     """
     paths = run_paths(output_dir, name)
     done = finished_epochs(paths["backup"])
+    saved = paths["best"].parent / "config.json"
+    if done and saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(config.to_dict())):
+        raise UserError(f"{saved.parent}: an interrupted run of '{name}' with another config is there; rerun it "
+                        "with its own options to resume it, or delete that folder (or use another --name)")
     if done == 0:
         shutil.rmtree(paths["backup"], ignore_errors=True)
         paths["log"].unlink(missing_ok=True)
@@ -273,6 +278,7 @@ def prepare_run_folder(output_dir, name):
         lines = paths["log"].read_text().splitlines(keepends=True)
         paths["log"].write_text("".join(lines[:1 + done]))
     paths["best"].parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(config.to_dict()))
     return paths, done
 
 
@@ -426,7 +432,7 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
     """
     started = time.perf_counter()
     name = name or config.model
-    paths, first_epoch = prepare_run_folder(output_dir, name)
+    paths, first_epoch = prepare_run_folder(output_dir, name, config)
     keras.utils.set_random_seed(config.seed)
     dataset, train_split, val_split = build_inputs(config, data_dir)
     with runtime.precision_policy(config.precision) as precision, \
@@ -436,7 +442,8 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
         if config.time_budget:
             budget = plan_time_budget(plan, train_split, val_split, scope)
             plan = dataclasses.replace(plan, config=dataclasses.replace(config, epochs=budget["planned_epochs"]))
-            print(f"fit: {config.time_budget:g} min budget: {budget['planned_epochs']} epochs of "
+            print(f"fit: {config.time_budget:g} min budget (it sets the epochs, whatever --epochs says): "
+                  f"{budget['planned_epochs']} epochs of "
                   f"{budget['measured']['train_s_per_epoch']:.0f} s + {budget['measured']['val_s_per_epoch']:.0f} s "
                   "validation", flush=True)
         print(f"fit: {name} = {config.model} ({'recipe of ' + hparams['path'] if hparams else 'built-in recipe'}), "

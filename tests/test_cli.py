@@ -348,3 +348,33 @@ def test_fit_with_weight_averaging_saves_what_scores_best_on_validation(data_roo
     split = data.train_val_split(dataset.train, 100)[1]
     saved = evaluate_model(keras.saving.load_model(tmp_path / "mlp.keras"), split, dataset.fine_to_coarse())
     assert saved["top1"] == pytest.approx(max(val["top1_ema"], val["top1_float32"]), abs=0.01)
+
+
+def test_a_run_resumes_only_with_its_own_config(data_root, tmp_path, capsys):
+    config = make_config("mlp", epochs=3, **TINY_MLP)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Stop(0)])
+    argv = ["fit", "mlp", "--epochs", "5", "--batch-size", "50", "--val-size", "100", "--precision", "float32",
+            "--model-args", '{"hidden": [32, 16], "dropout": 0.0}', "--hparams", "none",
+            "--data-dir", str(data_root), "--output-dir", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "with another config" in err and err.count("\n") == 1
+    assert train.fit(config, data_dir=data_root, output_dir=tmp_path)["resumed"] is True  # its own config resumes
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--time-budget", "inf"], "must be a finite number"),
+    (["--lr", "nan"], "must be a finite number"),
+    (["--model-args", '{"stem": "whitn"}'], "do not build a cnn (stem must be 'conv' or 'whiten'"),
+    (["--model-args", '{"widths": 5}'], "do not build a cnn"),
+    (["--model-args", '{"num_classes": 10}'], "unknown model_args for cnn: num_classes"),
+    (["--hparams", "."], ".: cannot read"),
+])
+def test_bad_values_are_one_line_errors(argv, message, capsys):
+    try:
+        code = cli.main(["fit", "cnn", *argv])
+    except SystemExit as exit_info:  # argparse's own one-line error
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.strip().splitlines()[-1].count("error") == 1

@@ -271,3 +271,14 @@ def test_a_rows_command_reproduces_its_run_after_the_recipe_changed(tmp_path):
     assert args.hparams == "none"
     rebuilt = config.make_config("cnn", model_args=args.model_args, **config.overrides(args, cli.FIT_OPTIONS))
     assert rebuilt == ran
+
+
+def test_replaced_models_stay_in_the_table_as_previous(project):
+    readme, records = project
+    (records / "previous").mkdir()
+    (records / "previous" / "cnn.json").write_text(json.dumps(fit_record("cnn", "cnn", 70.16, 34)))
+    report.update_readme(readme, records)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| `")]
+    assert [row.split(" | ")[0] for row in rows] == ["| `mlp`", "| `cnn`", "| `previous/cnn`"]
+    assert "**70.16 %**" in rows[2] and "**71.25 %**" in rows[1]
+    assert [p["name"] for p in report.compute_points(records)].count("previous/cnn") == 1
