@@ -89,7 +89,7 @@ def machine(hardware):
 
 def table_row(record):
     test, hardware = record["test"], record["hardware"]
-    device = ", ".join(hardware["gpus"]) or f"{hardware['cpu']} ({hardware['cores']} cores)"
+    device = ", ".join(hardware["gpus"]) or machine(hardware)
     compute = training_compute(record)
     return (
         f"`{record['name']}`",

@@ -301,7 +301,8 @@ def test_time_budget_sets_the_epochs_and_ends_within_it(data_root, tmp_path):
     budget = record["time_budget"]
     assert record["epochs"] == budget["planned_epochs"] == record["config"]["epochs"] > 1
     seconds_per_epoch = budget["measured"]["train_s_per_epoch"] + budget["measured"]["val_s_per_epoch"]
-    assert budget["planned_epochs"] == train.epochs_in_budget(18 - budget["measurement_s"], seconds_per_epoch)
+    fitting = (18 - budget["measurement_s"]) / seconds_per_epoch  # epochs that fit (from rounded record values)
+    assert fitting - 1.5 < budget["planned_epochs"] <= fitting + 0.5
     assert budget["spent_s"] < 1.5 * 18  # generous: timings on a loaded CI machine vary
 
 
