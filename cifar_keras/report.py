@@ -357,6 +357,10 @@ def update_readme(readme, records_dir, analysis=None):
     _, tail = rest.split(END, 1)
     tuning = tuning_tables(Path(readme).parent / "tuning")
     benches = [bench_table(path) for path in sorted(Path(records_dir).glob("bench*.json"))]
+    if (Path(records_dir) / "inference.json").is_file():  # bench --inference
+        from cifar_keras.bench import inference_table
+
+        benches.append(inference_table(records.read(Path(records_dir) / "inference.json")))
     sections = [results_table(load_fit_records(records_dir)), *benches,
                 ablation_table(Path(records_dir) / "ablations", "reference",
                                "Small-scale recipe ablations of `cnn` (4,000 training images, 8 epochs: too small "
