@@ -54,6 +54,9 @@ def compile_model(model, config, steps_per_epoch, learning_rate=None):
     )
 
 
+WHITENING_IMAGES = 5000  # as airbench: enough for a 12x12 covariance
+
+
 def build_compiled(config, steps_per_epoch, learning_rate=None, train_images=None):
     """The model of `config`, its data-dependent layers set from `train_images` (if given), compiled."""
     model = models.get_spec(config.model).build(**config.model_args)
@@ -61,9 +64,6 @@ def build_compiled(config, steps_per_epoch, learning_rate=None, train_images=Non
         models.whiten_from_data(model, train_images[:WHITENING_IMAGES])
     compile_model(model, config, steps_per_epoch, learning_rate)
     return model
-
-
-WHITENING_IMAGES = 5000  # as airbench: enough for a 12x12 covariance
 
 
 def training_data(split, config, batch_size, first_epoch=0, epochs=None):
@@ -300,7 +300,8 @@ def make_plan(config, name, paths, first_epoch, precision, replicas, train_image
 
 
 def train(plan, train_split, val_split, scope, extra_callbacks=()):
-    """Build, compile and fit under `scope`; return the model holding the best epoch's weights."""
+    """Build, compile and fit under `scope`; return the model holding the best epoch's weights, and the
+    weight average's weights (None without --ema)."""
     config, paths = plan.config, plan.paths
     with scope():
         model = build_compiled(config, plan.steps_per_epoch, plan.learning_rate, train_split.images)
