@@ -71,7 +71,7 @@ def _log_softmax(z):
 
 def probabilities(logits_list, temperature=1.0):
     """The model's probabilities at `temperature`: the mean over the logit sets (one per view of the
-    image: one, or two with flip TTA) of softmax(logits / T)."""
+    image: one, or one per TTA view) of softmax(logits / T)."""
     views = _as_list(logits_list)
     return sum(np.exp(_log_softmax(z / temperature)) for z in views) / len(views)
 
@@ -91,7 +91,7 @@ def fit_temperature(logits_list, labels, low=TEMPERATURE_RANGE[0], high=TEMPERAT
 
     A grid on log T (T = 1 included) finds the best bracket, then golden-section search refines it.
     The NLL is convex in 1/T for one logit set, hence unimodal in log T; the grid guards the average
-    over flip-TTA views, whose NLL need not be unimodal. The answer is never worse on these labels than T = 1,
+    over TTA views, whose NLL need not be unimodal. The answer is never worse on these labels than T = 1,
     so calibrating cannot raise the NLL it is fitted on.
     """
     views, labels = _as_list(logits_list), np.asarray(labels)
@@ -125,15 +125,11 @@ def before_after(logits_list, labels, temperature, bins=BINS):
 
 # --- the model side ------------------------------------------------------------------------------
 
-def is_flip_tta(model):
-    return any(layer.name == "flip_average" for layer in model.layers)
-
-
 def tta_inner(model):
-    """The model that a flip-TTA wrapper (models.with_flip_tta) calls on the image and on its mirror."""
+    """The model that a TTA wrapper (models.with_tta) calls on each view of the image."""
     inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if len(inner) != 1:
-        raise ValueError(f"{model.name}: expected one inner model inside a flip-TTA model, found {len(inner)}")
+        raise ValueError(f"{model.name}: expected one inner model inside a TTA model, found {len(inner)}")
     return inner[0]
 
 
@@ -149,11 +145,13 @@ def logit_model(model):
 
 def model_logits(model, images, batch_size=500):
     """The logits (float64) the model's softmax sees for uint8 `images` (N, 32, 32, 3): a list of one
-    (N, C) array, or of two for a flip-TTA model (the images, then their mirror images)."""
-    if is_flip_tta(model):
+    (N, C) array, or for a TTA model one per view, repeated as often as the view counts in its average
+    (models.tta_views)."""
+    kind = models.tta_kind(model)
+    if kind:
         sub = logit_model(tta_inner(model))
-        mirrored = np.ascontiguousarray(images[:, :, ::-1])
-        return [predict_outputs(sub, images, batch_size), predict_outputs(sub, mirrored, batch_size)]
+        return [logits for rows, columns, count in models.tta_views(kind == "flip_translate")
+                for logits in [predict_outputs(sub, models.move_pixels(images, rows, columns), batch_size)] * count]
     return [predict_outputs(logit_model(model), images, batch_size)]
 
 
@@ -161,10 +159,11 @@ def with_temperature(model, temperature):
     """A new functional model equal to `model` (sharing its layers and weights) whose softmax sees its
     current logits divided by `temperature`: logits -> Rescaling(1/T, name="temperature") -> float32
     softmax "probabilities". A model that already has a temperature keeps one such layer, with the
-    product of both temperatures. A flip-TTA model gets its inner model calibrated and re-wrapped.
+    product of both temperatures. A TTA model gets its inner model calibrated and re-wrapped.
     Built-in layers only: plain `keras.saving.load_model` loads the result."""
-    if is_flip_tta(model):
-        return models.with_flip_tta(with_temperature(tta_inner(model), temperature))
+    kind = models.tta_kind(model)
+    if kind:
+        return models.with_tta(with_temperature(tta_inner(model), temperature), translate=kind == "flip_translate")
     logits, scale = logits_tensor(model), 1.0 / temperature
     if any(layer.name == "temperature" for layer in model.layers):
         previous = model.get_layer("temperature")
@@ -176,7 +175,7 @@ def with_temperature(model, temperature):
 
 def temperature_of(model):
     """The temperature folded into a model (1.0 if none)."""
-    inner = tta_inner(model) if is_flip_tta(model) else model
+    inner = tta_inner(model) if models.tta_kind(model) else model
     if any(layer.name == "temperature" for layer in inner.layers):
         return 1.0 / float(inner.get_layer("temperature").scale)
     return 1.0

@@ -39,10 +39,14 @@ class RunConfig:
     label_smoothing: float = option(0.2, "model", "label smoothing of the cross-entropy", low=0.0, high=0.99)
     tta: bool = option(False, "model", "save the model averaged over each image and its mirror image "
                        "(flip test-time augmentation; doubles inference cost, not training cost)")
+    tta_translate: bool = option(False, "model", "with --tta, also average over the image shifted one pixel "
+                                 "up-left and down-right, each with its mirror (airbench's TTA: 6 views, 3x the "
+                                 "inference cost of flip TTA)")
 
     epochs: int = option(15, "schedule", "training epochs", low=1)
     batch_size: int = option(256, "schedule", "images per step (per replica with --distribute)", low=1)
-    optimizer: str = option("sgd", "schedule", "sgd (Nesterov momentum 0.9) or adamw", choices=("sgd", "adamw"))
+    optimizer: str = option("sgd", "schedule", "sgd (Nesterov momentum 0.9), adamw, or muon (Muon on the "
+                            "convolution kernels, AdamW on the rest)", choices=("sgd", "adamw", "muon"))
     learning_rate: float = option(0.2, "schedule", "peak learning rate (per replica)", low=0.0, flag="--lr")
     weight_decay: float = option(5e-4, "schedule", "decoupled weight decay (not on BatchNorm or biases)", low=0.0)
     warmup: float = option(2 / 15, "schedule", "linear warm-up, as a fraction of the run's steps", low=0.0, high=1.0)
@@ -85,7 +89,7 @@ RECIPES = {
                 warmup=0.05, crop_pad=2),
     # Adopted from the recipe study (README 2.5): airbench's whitening stem and identity init, flip TTA,
     # and weight averaging (kept only where it scores higher on validation).
-    "cnn": dict(model_args={"stem": "whiten", "dirac": True}, tta=True, ema=0.99),
+    "cnn": dict(model_args={"stem": "whiten", "dirac": True}, tta=True, tta_translate=True, ema=0.99),
 }
 MODEL_NAMES = tuple(RECIPES)
 

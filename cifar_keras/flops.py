@@ -22,7 +22,7 @@ def forward_flops(model):
 
     Walks the call graph of a functional or (built) Sequential model: every call
     of a layer counts, so a shared layer, or a nested model called twice (as in
-    `models.with_flip_tta`), counts twice. A nested model counts its own graph.
+    `models.with_tta`), counts each call. A nested model counts its own graph.
     """
     nodes_by_depth = _graph(model)._nodes_by_depth
     return sum(_node_flops(node) for nodes in nodes_by_depth.values() for node in nodes)

@@ -127,19 +127,63 @@ def whiten_from_data(model, images, eps=5e-4):
     model.get_layer("whiten").set_weights([np.concatenate([filters, -filters], axis=-1).astype(np.float32)])
 
 
-def with_flip_tta(model):
-    """`model` averaged over each image and its mirror image (test-time augmentation).
+def tta_views(translate=False):
+    """The views test-time augmentation averages, as (rows, columns, count): 0/1 matrices that move the
+    pixels along the height and the width (out[j] = in[i] where matrix[i, j] = 1; None: unchanged), and
+    how many times the view counts in an equal average. Flip TTA: the image and its mirror. With
+    `translate` (airbench's TTA), the image shifted one pixel up-left and one pixel down-right
+    (reflect-padded), each with its mirror, join them: the unshifted pair weighs half, each shifted
+    pair a quarter."""
+    mirror = np.eye(32, dtype="float32")[::-1]
+    if not translate:
+        return [(None, None, 1), (None, mirror, 1)]
+    views = [(None, None, 2), (None, mirror, 2)]
+    for step in (-1, 1):
+        source = np.abs(np.arange(32) + step)  # reflect at the edges: -1 -> 1, 32 -> 30
+        source = np.where(source > 31, 62 - source, source)
+        shift = np.zeros((32, 32), "float32")
+        shift[source, np.arange(32)] = 1.0
+        views += [(shift, shift, 1), (shift, shift @ mirror, 1)]
+    return views
 
-    The mirror is a fixed 0/1 matrix applied along the width axis: built-in layers only,
-    so the saved model still loads without this package.
+
+def move_pixels(images, rows, columns):
+    """What a view of `tta_views` sees of (N, 32, 32, C) `images` (numpy, for calibration)."""
+    if rows is not None:
+        images = images[:, rows.argmax(0)]
+    if columns is not None:
+        images = images[:, :, columns.argmax(0)]
+    return np.ascontiguousarray(images)
+
+
+def with_tta(model, translate=False):
+    """`model` averaged over the views of `tta_views` (test-time augmentation): flip TTA, or
+    with `translate` flip-and-translate TTA (6 passes of `model`, 3x flip TTA's inference cost).
+
+    Each view moves the pixels with fixed 0/1 Dense layers along the width and the height:
+    built-in layers only, so the saved model still loads without this package.
     """
     inputs = keras.Input((32, 32, 3), name="pixels")
-    across_width = layers.Permute((1, 3, 2), name="width_last")(inputs)
-    mirror = layers.Dense(32, use_bias=False, trainable=False, name="mirror")
-    mirrored = layers.Permute((1, 3, 2), name="width_back")(mirror(across_width))
-    mirror.set_weights([np.eye(32, dtype="float32")[::-1]])
-    outputs = layers.Average(name="flip_average")([model(inputs), model(mirrored)])
-    return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")
+    outputs = []
+    for k, (rows, columns, count) in enumerate(tta_views(translate)):
+        x = inputs
+        # Permute brings the moved axis last, where Dense acts; the same Permute puts it back.
+        for matrix, order, axis in ((rows, (3, 2, 1), "rows"), (columns, (1, 3, 2), "columns")):
+            if matrix is not None:
+                move = layers.Dense(32, use_bias=False, trainable=False, name=f"view{k}_{axis}")
+                x = layers.Permute(order, name=f"view{k}_{axis}_back")(
+                    move(layers.Permute(order, name=f"view{k}_{axis}_last")(x)))
+                move.set_weights([matrix])
+        outputs += [model(x)] * count
+    kind = "flip_translate" if translate else "flip"
+    outputs = layers.Average(name=f"{kind}_average")(outputs)
+    return keras.Model(inputs, outputs, name=f"{model.name}_{kind}_tta")
+
+
+def tta_kind(model):
+    """"flip" or "flip_translate" for a `with_tta` wrapper (including older flip-TTA saves), else None."""
+    names = {layer.name for layer in model.layers}
+    return next((kind for kind in ("flip", "flip_translate") if f"{kind}_average" in names), None)
 
 
 def mlp_space(hp):

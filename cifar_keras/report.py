@@ -14,7 +14,7 @@ END = "<!-- results:end -->"
 COLUMNS = ("Model", "Params", "Test top-1", "Test top-5", "Superclass", "Epochs", "Training compute", "Inference",
            "Training wall time", "Train images/s", "Precision", "Hardware", "Recipe", "Command")
 # Config keys that are not recipe choices (the ablation tables' "Change" column leaves them out).
-NOT_RECIPE = {"hparams_file", "test_set", "tta", "time_budget"}
+NOT_RECIPE = {"hparams_file", "test_set", "tta", "tta_translate", "time_budget"}
 
 
 PREVIOUS = "previous"  # records of models a newer recipe replaced: shown as previous/NAME
@@ -67,7 +67,8 @@ def training_compute(record):
     images_seen = (int(record["train_images"]) // global_batch) * global_batch * int(record["epochs"])
     return {"counted": "analytic (convolutions and dense layers, 2 FLOP per multiply-add)",
             "forward_flops_per_image": forward,
-            "inference_flops_per_image": flops.forward_flops(models.with_flip_tta(model)) if record.get("flip_tta")
+            "inference_flops_per_image": flops.forward_flops(
+                models.with_tta(model, translate=bool(record.get("translate_tta")))) if record.get("flip_tta")
             else forward,
             "train_images_seen": images_seen,
             "training_flops": flops.training_flops(forward, images_seen)}
@@ -273,7 +274,8 @@ def ablation_table(folder, reference, title):
             val = record["val"]
             delta = float(val["top1"]) - float(base["val"]["top1"])
             train_top1 = last_train_top1(logs[path.stem]) if path.stem in logs else "—"
-            tta = f"{float(val['top1_flip_tta']):.2f} %" if val.get("top1_flip_tta") is not None else "—"
+            tta = " / ".join(f"{float(val[key]):.2f} %" for key in ("top1_flip_tta", "top1_flip_translate_tta")
+                             if val.get(key) is not None) or "—"
             lines.append(f"| `{record['name']}` | {', '.join(changed) or '(reference)'} | "
                          f"{float(val['top1']):.2f} % | {delta:+.2f} | {train_top1} | {int(record['epochs'])} | "
                          f"{float(record['train_wall_time_s']) / 60:.1f} min | "
@@ -287,7 +289,7 @@ def ablation_table(folder, reference, title):
             f"column says from `{reference}`. Train top-1 is the last epoch's, on its training batches (augmented "
             f"where the run augments): its gap to val top-1 shows how much a run overfits.", "",
             "| Run | Change | Val top-1 | Δ val | Train top-1 | Epochs | Training wall time | Train images/s | "
-            "Precision | Val top-1 (flip TTA) | Training compute | Machine | Command |",
+            "Precision | Val top-1 (flip TTA / flip-and-translate TTA) | Training compute | Machine | Command |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(head + lines)
 

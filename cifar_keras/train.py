@@ -7,6 +7,7 @@ plan -> train -> finalise (float32 rebuild, TTA, calibration, evaluation, save) 
 import dataclasses
 import json
 import math
+import re
 import shutil
 import sys
 import tempfile
@@ -33,11 +34,40 @@ def make_schedule(config, steps_per_epoch, learning_rate=None):
         warmup_steps=warmup)
 
 
+class ConvMuon(keras.optimizers.Muon):
+    """Keras' Muon, extended to convolutions: a (kh, kw, in, out) kernel's update is orthogonalised
+    as a (kh*kw*in, out) matrix, as the Muon CIFAR speedruns do. Keras' Muon alone orthogonalises
+    only 2-D kernels and sends the convolutions to AdamW. Kernels of layers named in
+    `exclude_layers` (the classifier), BatchNorm parameters and biases use AdamW."""
+
+    def _should_use_adamw(self, variable):
+        if len(variable.shape) == 4:
+            return any(re.search(keyword, variable.path) for keyword in self.exclude_layers)
+        return super()._should_use_adamw(variable)
+
+    def zeropower_via_newtonschulz5(self, x, steps):
+        if len(x.shape) != 4:
+            return super().zeropower_via_newtonschulz5(x, steps)
+        matrix = keras.ops.reshape(x, (-1, x.shape[-1]))
+        return keras.ops.reshape(super().zeropower_via_newtonschulz5(matrix, steps), x.shape)
+
+    def lr_adjust(self, x):
+        if len(x.shape) != 4 or self.rms_rate is None:
+            return super().lr_adjust(x)
+        # Moonlight's update-size rule on the matrix the kernel was orthogonalised as.
+        return x * math.sqrt(max(math.prod(x.shape[:-1]), x.shape[-1])) * self.rms_rate
+
+
 def make_optimizer(config, steps_per_epoch, learning_rate=None):
-    """SGD-Nesterov or AdamW under the run's schedule; no weight decay on BatchNorm parameters or biases."""
+    """SGD-Nesterov, AdamW or Muon under the run's schedule; no weight decay on BatchNorm parameters
+    or biases."""
     schedule = make_schedule(config, steps_per_epoch, learning_rate)
     if config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    elif config.optimizer == "muon":
+        # One weight decay for both parts (decoupled, times the learning rate, as AdamW's).
+        optimizer = ConvMuon(schedule, weight_decay=config.weight_decay, adam_weight_decay=config.weight_decay,
+                             exclude_layers=["logits"])
     else:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
     # Decaying BatchNorm scales and biases only fights the normalisation.
@@ -352,9 +382,12 @@ def finalise(plan, model, averaged, dataset, val_split):
         final = candidate if val["saved_weights"] == "ema" else final
     base = final
     if config.tta:
-        # Flip TTA's gain is measured on validation, side by side, and recorded.
-        final = models.with_flip_tta(final)
+        # Each TTA's gain is measured on validation, side by side, and recorded.
+        final = models.with_tta(base)
         val["top1_flip_tta"] = round(evaluate_model(final, val_split, fine_to_coarse)["top1"], 2)
+        if config.tta_translate:
+            final = models.with_tta(base, translate=True)
+            val["top1_flip_translate_tta"] = round(evaluate_model(final, val_split, fine_to_coarse)["top1"], 2)
     # Recipe studies (ablations) judge on validation only and leave the test set unseen.
     final, calibration, test = calibrated(final, dataset, val_split, config.test_set)
     final.save(plan.paths["model"])
@@ -381,7 +414,7 @@ def compute(base, final, train_images_seen):
     forward = flops.forward_flops(base)
     return {"counted": "analytic (convolutions and dense layers, 2 FLOP per multiply-add)",
             "forward_flops_per_image": forward,
-            "inference_flops_per_image": flops.forward_flops(final),  # x2 with flip TTA
+            "inference_flops_per_image": flops.forward_flops(final),  # x2 with flip TTA, x6 with translate
             "train_images_seen": train_images_seen,
             "training_flops": flops.training_flops(forward, train_images_seen)}
 
@@ -416,6 +449,7 @@ def make_record(plan, command, hparams, base, final, val_scores, test, calibrati
         "val": {"top1": round(100 * best["val_accuracy"], 2), "top5": round(100 * best["val_top5"], 2),
                 **val_scores},
         "flip_tta": config.tta,
+        "translate_tta": config.tta and config.tta_translate,
         "test": test and {k: round(v, 4) if isinstance(v, float) else v for k, v in test.items()},
         "calibration": calibration,
         "config": config.to_dict(),

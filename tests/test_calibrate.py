@@ -152,16 +152,17 @@ def test_a_second_temperature_multiplies_into_the_first():
     assert np.allclose(twice.predict(x[:5], verbose=0), calibrate.probabilities(logits, 3.0), atol=1e-6)
 
 
-def test_flip_tta_model_is_calibrated_inside_and_rewrapped(tmp_path):
+@pytest.mark.parametrize("translate", [False, True])
+def test_tta_model_is_calibrated_inside_and_rewrapped(tmp_path, translate):
     inner = models.cnn(widths=(8, 16, 16), stem_width=8)
-    tta = models.with_flip_tta(inner)
+    tta = models.with_tta(inner, translate=translate)
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
     views = calibrate.model_logits(tta, images)
-    assert len(views) == 2
-    # The two views' probabilities at T = 1 are what the TTA model outputs.
+    assert len(views) == (8 if translate else 2)  # 6 views, the unshifted pair counted twice
+    # The views' probabilities at T = 1 are what the TTA model outputs.
     assert np.allclose(calibrate.probabilities(views), tta.predict(images.astype("float32"), verbose=0), atol=1e-5)
     calibrated = calibrate.with_temperature(tta, 0.5)
-    assert calibrate.is_flip_tta(calibrated) and calibrate.temperature_of(calibrated) == pytest.approx(0.5)
+    assert models.tta_kind(calibrated) == models.tta_kind(tta) and calibrate.temperature_of(calibrated) == 0.5
     calibrated.save(tmp_path / "tta.keras")
     reloaded = keras.saving.load_model(tmp_path / "tta.keras")
     expected = calibrate.probabilities(views, 0.5)

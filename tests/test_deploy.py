@@ -210,7 +210,7 @@ def test_flip_tta_and_whitening_stem_convert_to_every_format(data_root, tmp_path
     a Dense on 4-D tensors, Average, a frozen 2x2 conv."""
     base = models.cnn(widths=(8, 16, 16), stem_width=8, stem="whiten", dirac=True)
     models.whiten_from_data(base, np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3)).astype(np.uint8))
-    models.with_flip_tta(base).save(tmp_path / "tta.keras")
+    models.with_tta(base).save(tmp_path / "tta.keras")
     for fmt in FORMATS:
         assert cli.main(["export", str(tmp_path / "tta.keras"), "--format", fmt, "--root", str(tmp_path / fmt),
                          "--data-dir", str(data_root), "--calibration-images", "100"]) == 0

@@ -63,7 +63,9 @@ def test_nested_model_called_twice_counts_twice():
     dense = 2 * (14 * 14 * 6) * 10
     inner = conv1 + conv2 + dense
     mirror = 2 * 32 * 32 * (32 * 3)  # Dense(32) across the width at each of 32 rows x 3 channels
-    assert forward_flops(models.with_flip_tta(tiny(32))) == 2 * inner + mirror
+    assert forward_flops(models.with_tta(tiny(32))) == 2 * inner + mirror
+    # Translate TTA: 6 calls; the mirror moves 1 axis, each of the 4 shifted views both axes (same cost each).
+    assert forward_flops(models.with_tta(tiny(32), translate=True)) == 6 * inner + 9 * mirror
 
 
 def test_project_cnn():

@@ -52,12 +52,31 @@ def test_mlp_is_the_seed_baseline_shape():
 
 def test_flip_tta_averages_the_image_and_its_mirror(tmp_path):
     base = models.cnn(widths=(8, 8, 8), stem_width=8)
-    tta = models.with_flip_tta(base)
+    tta = models.with_tta(base)
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
     expected = (base.predict(pixels, verbose=0) + base.predict(pixels[:, :, ::-1], verbose=0)) / 2
     assert np.allclose(tta.predict(pixels, verbose=0), expected, atol=1e-6)
     assert not np.allclose(expected, base.predict(pixels, verbose=0), atol=1e-4)  # the mirror matters
     tta.save(tmp_path / "tta.keras")  # built-in layers only: plain keras reloads it
+    reloaded = keras.saving.load_model(tmp_path / "tta.keras")
+    assert np.allclose(reloaded.predict(pixels, verbose=0), expected, atol=1e-6)
+
+
+def test_translate_tta_weighs_the_mirror_pair_half_and_each_shifted_pair_a_quarter(tmp_path):
+    base = models.cnn(widths=(8, 8, 8), stem_width=8)
+    tta = models.with_tta(base, translate=True)
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    padded = np.pad(pixels, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, :32, :32], padded[:, 2:, 2:]
+
+    def pair(images):
+        return (base.predict(images, verbose=0) + base.predict(images[:, :, ::-1], verbose=0)) / 2
+
+    expected = pair(pixels) / 2 + pair(up_left) / 4 + pair(down_right) / 4
+    assert np.allclose(tta.predict(pixels, verbose=0), expected, atol=1e-6)
+    assert not np.allclose(expected, pair(pixels), atol=1e-4)  # the shifts matter
+    assert models.tta_kind(tta) == "flip_translate" and models.tta_kind(base) is None
+    tta.save(tmp_path / "tta.keras")
     reloaded = keras.saving.load_model(tmp_path / "tta.keras")
     assert np.allclose(reloaded.predict(pixels, verbose=0), expected, atol=1e-6)
 
@@ -93,3 +112,34 @@ def test_dirac_init_makes_stage_convs_start_as_the_identity():
     assert not np.allclose(widened[..., 8:], 0)  # the rest keep their random initialisation
     reloaded_config = keras.Model.from_config(model.get_config())  # plain Keras layers only
     assert reloaded_config.get_layer("stage2_conv").kernel_initializer.__class__.__name__ == "HeNormal"
+
+
+def test_muon_orthogonalises_convolution_updates_and_leaves_the_rest_to_adamw():
+    from cifar_keras.config import make_config
+    from cifar_keras.train import make_optimizer
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(5, name="logits")(x))
+    optimizer = make_optimizer(make_config("cnn", optimizer="muon", learning_rate=0.01, weight_decay=0.0,
+                                           warmup=0.0, epochs=1), steps_per_epoch=1000)
+    optimizer.build(model.trainable_variables)
+    muon = [v.path for v in model.trainable_variables if not optimizer._should_use_adamw(v)]
+    assert muon == ["conv/kernel"]  # not the classifier, BatchNorm or biases
+
+    # A gradient of very unequal singular values: Muon's step on the (3*3*3, 16) matrix has them all near one size.
+    rng = np.random.default_rng(0)
+    spread = np.geomspace(10, 0.1, 16)  # singular values about 100x apart
+    gradient = (np.linalg.qr(rng.normal(size=(27, 16)))[0] * spread).astype("float32")
+    kernel = model.get_layer("conv").kernel
+    before = keras.ops.convert_to_numpy(kernel).copy()
+    grads = [gradient.reshape(3, 3, 3, 16) if v is kernel else np.zeros(v.shape, "float32")
+             for v in model.trainable_variables]
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    step = (before - keras.ops.convert_to_numpy(kernel)).reshape(27, 16)
+    singular = np.linalg.svd(step, compute_uv=False)
+    assert singular.max() / singular.min() < 2.0 < spread.max() / spread.min()
+    # Moonlight's rule: the step's RMS is rms_rate (0.2) x the learning rate, whatever the kernel's shape.
+    assert np.sqrt(np.mean(step ** 2)) == pytest.approx(0.2 * optimizer.learning_rate.numpy(), rel=0.35)
