@@ -77,7 +77,7 @@ def test_precedence_is_recipe_then_hyperparameters_then_flags():
     ({"epochs": True}, "'epochs' must be int, got True"),
     ({"learning_rate": "fast"}, "'learning_rate' must be float, got 'fast'"),
     ({"label_smoothing": 1.5}, "'label_smoothing' must be in [0.0, 0.99], got 1.5"),
-    ({"optimizer": "adam"}, "'optimizer' must be one of sgd, adamw, got 'adam'"),
+    ({"optimizer": "adam"}, "'optimizer' must be one of sgd, adamw, muon, got 'adam'"),
     ({"learning_rat": 0.1}, "unknown option 'learning_rat'"),
 ])
 def test_hyperparameter_files_are_checked_against_the_schema(hparams, message, tmp_path):
