@@ -1,4 +1,4 @@
-"""Command line: python -m cifar_keras {fit,evaluate,calibrate,tune,export,predict,bench,report} ...
+"""Command line: python -m cifar_keras {fit,launch,evaluate,calibrate,tune,export,predict,bench,report} ...
 (see --help of each).
 
 Each command has a small `add_<command>_parser` next to its `run_<command>` handler.
@@ -10,9 +10,11 @@ import argparse
 import json
 import shlex
 import sys
+import traceback
 from pathlib import Path
 
 from cifar_keras import config as run_config
+from cifar_keras import multiworker, tune_distributed
 from cifar_keras.config import DEFAULTS, MODEL_NAMES
 from cifar_keras.errors import UserError
 
@@ -36,6 +38,16 @@ def positive(kind, message):
 
 
 positive_int = positive(int, "must be a positive integer")
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
 
 
 def json_object(text):
@@ -80,7 +92,33 @@ def add_fit_parser(sub):
                                   help="where the model and records go (default: saved_models)")
     groups["output"].add_argument("--name", help="file name stem of the outputs (default: the model name)")
     groups["output"].add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard logs to DIR")
+    cluster = parser.add_argument_group(
+        "cluster (--distribute multiworker)",
+        "Run the same fit command on every machine (KERAS_BACKEND=jax), each as one process of the cluster; process "
+        "0 writes the outputs. Unset flags come from KERAS_DISTRIBUTION_JOB_ADDRESSES, "
+        "KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID, else from a Slurm job step. On one "
+        "machine, `launch` starts them all.")
+    cluster.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address and a free port on it")
+    cluster.add_argument("--num-processes", type=positive_int, metavar="N", help="processes in the cluster")
+    cluster.add_argument("--process-id", type=non_negative_int, metavar="I", help="this process's id, 0..N-1")
+    cluster.add_argument("--cluster-timeout", type=positive(float, "must be a positive number of seconds"),
+                         default=multiworker.DEFAULT_TIMEOUT, metavar="SECONDS",
+                         help="how long the processes wait for each other to join, and after which a silent process "
+                         f"counts as dead (default {multiworker.DEFAULT_TIMEOUT})")
     parser.set_defaults(handler=run_fit)
+
+
+def cluster_of(args):
+    """This process's multiworker.Cluster (from the cluster flags, else Keras' or Slurm's variables), or None
+    without --distribute multiworker."""
+    given = [flag for flag, value in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                                      ("--process-id", args.process_id)) if value is not None]
+    if args.distribute != "multiworker":
+        if given:
+            raise UserError(f"{given[0]} needs --distribute multiworker")
+        return None
+    multiworker.check_backend()
+    return multiworker.resolve_cluster(args.coordinator, args.num_processes, args.process_id, args.cluster_timeout)
 
 
 def resolve_hparams(option, model):
@@ -102,17 +140,48 @@ def run_fit(args, argv):
 
     from cifar_keras import models, train
 
+    cluster = cluster_of(args)
+    if cluster:  # joined before anything runs on JAX (checking --model-args builds a model)
+        multiworker.join_cluster(cluster)
     hparams, provenance = resolve_hparams(args.hparams, args.model)
     model_args = args.model_args and models.check_model_args(args.model_args, args.model, "--model-args")
     config = run_config.make_config(args.model, hparams=hparams, model_args=model_args,
                                     **run_config.overrides(args, FIT_OPTIONS))
     callbacks = [keras.callbacks.TensorBoard(args.tensorboard)] if args.tensorboard else []
     record = train.fit(config, data_dir=args.data_dir, output_dir=args.output_dir, name=args.name,
-                       command=command_line(argv), hparams=provenance, extra_callbacks=callbacks)
+                       command=command_line(argv), hparams=provenance, extra_callbacks=callbacks, cluster=cluster)
+    if record is None:  # a process other than 0 of a cluster
+        print(f"process {cluster.process_id} of {cluster.num_processes}: training done; process 0 writes the model "
+              "and the run record")
+        return
     test, val = record["test"], record["val"]
     scores = (f"test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  superclass {test['superclass']:.2f}%"
               if test else f"val top-1 {val['top1']:.2f}% (test set not used)")
     print(f"{record['name']}: {scores}  ({record['train_wall_time_s']:.0f} s training) -> {record['files']['model']}")
+
+
+def add_launch_parser(sub):
+    parser = sub.add_parser(
+        "launch", help="run a fit as N processes of one cluster on this machine (--distribute multiworker), or a "
+        "tune as a chief and N workers",
+        description="Start N processes of `python -m cifar_keras fit ...` (with --distribute multiworker) on this "
+        "machine, joined as one cluster on a free loopback port: KERAS_DISTRIBUTION_JOB_ADDRESSES, "
+        "KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID are set for each, and KERAS_BACKEND=jax "
+        "unless it is set. Shows process 0's output (the others' last lines if they fail). When a process fails, "
+        "the others are stopped and launch exits with its exit code. Rerun the same command to resume. With a tune "
+        "command: a distributed search, the chief (process 0, --tuner-id chief) and N workers (processes 1..N, "
+        "--tuner-id tuner0, tuner1, ...) on a free loopback port, sharing the tuning folder; N trials run at once.")
+    parser.add_argument("--processes", "--workers", type=positive_int, required=True, metavar="N",
+                        help="fit: processes of the cluster; tune: workers, besides the chief")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- fit|tune MODEL ...",
+                        help="the fit or tune command, after --")
+    parser.set_defaults(handler=run_launch)
+
+
+def run_launch(args, argv):
+    if args.command[args.command[:1] == ["--"]:][:1] == ["tune"]:  # the chief, then the workers
+        return multiworker.supervise(tune_distributed.launch_commands(args.command, args.processes))
+    return multiworker.run_processes(multiworker.launch_command(args.command), args.processes)
 
 
 # --- evaluate ----------------------------------------------------------------------------------
@@ -132,7 +201,85 @@ def add_evaluate_parser(sub):
     parser.add_argument("--report-dir", help="also write superclass-confusion, per-class-accuracy and example "
                         "figures here")
     add_data_dir(parser)
+    robustness = parser.add_argument_group(
+        "corruption benchmark (--corruptions)",
+        "CIFAR-100-C-style: the split's images under the 15 corruptions of Hendrycks & Dietterich (ICLR 2019) at "
+        "severities 1-5 (see cifar_keras/corruptions.py; frost uses synthetic frost textures); prints top-1 per "
+        "corruption and severity and the mean corruption top-1 (mean over every corruption x severity), and writes "
+        "a run record to --output (default for a .keras model: corruptions/NAME.json beside it)")
+    robustness.add_argument("--corruptions", action="store_true",
+                            help="score the model on the clean images and on every corruption x severity")
+    robustness.add_argument("--corruption-images", type=positive_int, metavar="N",
+                            help="a stratified subset of N images (a multiple of the 100 classes), for speed "
+                            "(default: all of the split)")
+    robustness.add_argument("--corruption-types", metavar="A,B", help="comma-separated subset of the corruptions "
+                            "(default: all 15)")
+    robustness.add_argument("--severities", metavar="1,3", help="comma-separated subset of 1-5 (default: all)")
+    robustness.add_argument("--corruption-seed", type=int, default=0,
+                            help="seed of the corruptions' random draws and of the --corruption-images subset "
+                            "(default 0)")
     parser.set_defaults(handler=run_evaluate)
+
+
+def corruption_selection(args):
+    """(corruption names, severities) that evaluate --corruptions runs; one-line errors for bad values, and for
+    benchmark options without --corruptions."""
+    from cifar_keras.corruptions import CORRUPTIONS, SEVERITIES
+
+    given = [flag for flag, value in (("--corruption-images", args.corruption_images),
+                                      ("--corruption-types", args.corruption_types),
+                                      ("--severities", args.severities)) if value is not None]
+    if not args.corruptions:
+        if given:
+            raise UserError(f"{given[0]} needs --corruptions")
+        return None
+    if args.report_dir:
+        raise UserError("--report-dir does not go with --corruptions")
+    if args.corruption_seed < 0:
+        raise UserError(f"--corruption-seed must be >= 0, got {args.corruption_seed}")
+    selected = []
+    for flag, text, allowed in (("--corruption-types", args.corruption_types, CORRUPTIONS),
+                                ("--severities", args.severities, tuple(str(s) for s in SEVERITIES))):
+        if text is None:
+            selected.append(list(allowed))
+            continue
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        wrong = [v for v in values if v not in allowed]
+        if wrong or not values:
+            raise UserError(f"{flag}: unknown {', '.join(wrong) or 'empty list'}; choose from {', '.join(allowed)}")
+        selected.append([v for v in allowed if v in values])  # in the benchmark's order, once each
+    names, severities = selected
+    return names, [int(s) for s in severities]
+
+
+def run_corruption_benchmark(args, argv, selection, model, split, score, deployed, record_path):
+    """evaluate --corruptions: `score` (Split -> metrics) on the clean images and under every selected corruption
+    x severity; writes the run record to `record_path` and prints the table."""
+    from cifar_keras import corruptions, data, records, runtime
+
+    selected = "all"
+    if args.corruption_images is not None and args.corruption_images < len(split):
+        classes = len(set(split.fine.tolist()))
+        if args.corruption_images % classes:
+            raise UserError(f"--corruption-images {args.corruption_images} must be a multiple of the {classes} "
+                            f"classes (a stratified subset), or at least {len(split)} for all images")
+        per_class = args.corruption_images // classes
+        keep = data.stratified_split(split.fine, per_class, args.corruption_seed, "--corruption-images")[1]
+        split = split.take(keep)
+        selected = f"stratified, {per_class} per class (seed {args.corruption_seed})"
+    names, severities = selection
+    print(f"corruption benchmark of {args.model_path}: {len(split)} {args.split} images, {len(names)} corruptions "
+          f"x {len(severities)} severities", file=sys.stderr)
+    result = corruptions.benchmark(lambda s: score(model, s), split, names, severities, args.corruption_seed)
+    record = {"kind": "corruptions", "model_path": str(args.model_path), **deployed, "split": args.split,
+              "command": command_line(argv), "images": len(split), "image_selection": selected,
+              "corruption_seed": args.corruption_seed, "corruption_types": names, "severities": severities,
+              "corruption_method": "Hendrycks & Dietterich (ICLR 2019) CIFAR-10-C/100-C parameters, cifar_keras/"
+              "corruptions.py (frost: synthetic frost textures)",
+              **result, "code": records.code_version(), **runtime.environment()}
+    records.write(record_path, record)
+    print(corruptions.table(record))
+    print(f"record: {record_path}")
 
 
 def run_evaluate(args, argv):
@@ -142,13 +289,23 @@ def run_evaluate(args, argv):
     fmt = runtimes.detect(args.model_path)[0]  # .keras, or any export, in its own runtime
     if fmt != "keras" and args.report_dir:
         raise UserError("--report-dir needs the .keras model")
+    selection = corruption_selection(args)  # None without --corruptions
+    if selection and not args.output and fmt != "keras":
+        raise UserError("--corruptions on an export needs --output (the record's default, corruptions/NAME.json "
+                        "beside the model, is for .keras files)")
     model = models.load_keras_model(args.model_path) if fmt == "keras" else runtimes.load(args.model_path)
     dataset = data.load(args.data_dir)
     split = dataset.test
     if args.split == "val":
         split = data.train_val_split(dataset.train, args.val_size, seed=args.seed)[1]
-    result = (evaluate_model if fmt == "keras" else evaluate_predictor)(model, split, dataset.fine_to_coarse())
     deployed = {} if fmt == "keras" else {"format": fmt, "precision": model.precision, "runtime": model.runtime}
+    score = evaluate_model if fmt == "keras" else evaluate_predictor
+    if selection:
+        source = Path(args.model_path)
+        record_path = args.output or source.parent / "corruptions" / f"{source.stem}.json"
+        return run_corruption_benchmark(args, argv, selection, model, split,
+                                        lambda m, s: score(m, s, dataset.fine_to_coarse()), deployed, record_path)
+    result = score(model, split, dataset.fine_to_coarse())
     record = {"kind": "evaluate", "model_path": str(args.model_path), **deployed, "split": args.split,
               "command": command_line(argv), args.split: result, **runtime.environment()}
     if args.output:
@@ -254,6 +411,26 @@ def add_tune_parser(sub):
     parser.set_defaults(train_size=10_000)  # a search trains many models: on a subset by default
     parser.add_argument("--tuning-dir", default="tuning", help="folder of the search results (default: tuning)")
     add_data_dir(parser)
+    distributed = parser.add_argument_group(
+        "distributed search (KerasTuner's chief and workers)",
+        "Run the same tune command on every machine, adding its part: one chief (--tuner-id chief), which holds "
+        "the search, trains nothing and writes the summaries once the search is over, and workers (--tuner-id "
+        "tuner0, tuner1, ...), each training one trial at a time; N workers run N trials at once. Unset flags come "
+        "from KerasTuner's KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT. On one machine, "
+        "`launch --workers N -- tune ...` starts the chief and N workers.")
+    distributed.add_argument("--tuner-id", metavar="chief|tunerN",
+                             help="this process's part: chief, or a worker's own id tuner0, tuner1, ...")
+    distributed.add_argument("--oracle", metavar="HOST:PORT",
+                             help="the chief's address, as the workers reach it, and a free port there")
+    distributed.add_argument("--workers", type=positive_int, metavar="N",
+                             help="the chief's (workers ignore it): the number of workers; it finishes once each was "
+                             "told the search is over (default: once every worker it heard from was, so a worker "
+                             "starting later waits in vain)")
+    distributed.add_argument("--oracle-timeout", type=positive(float, "must be a positive number of seconds"),
+                             default=tune_distributed.DEFAULT_TIMEOUT, metavar="SECONDS",
+                             help="how long a worker waits for the chief's answer, and the chief (with --workers), "
+                             "after the last trial, for workers that never asked "
+                             f"(default {tune_distributed.DEFAULT_TIMEOUT})")
     parser.set_defaults(handler=run_tune)
 
 
@@ -261,9 +438,14 @@ def run_tune(args, argv):
     from cifar_keras.tune import tune
 
     options = {k: v for k, v in run_config.overrides(args, TUNE_OPTIONS).items() if v is not None}
+    role = tune_distributed.resolve_role(args.tuner_id, args.oracle, args.workers, args.oracle_timeout)
     best, trials = tune(args.model, kind=args.tuner, max_trials=args.max_trials, epochs=args.epochs,
                         max_epochs=args.max_epochs, budget=args.budget, data_dir=args.data_dir,
-                        tuning_dir=args.tuning_dir, command=command_line(argv), **options)
+                        tuning_dir=args.tuning_dir, command=command_line(argv), role=role, **options)
+    if best is None:  # a worker of a distributed search
+        print(f"{role.tuner_id}: ran trial(s) {', '.join(trials) or 'none'}; the search is over, and the chief writes "
+              "its summaries")
+        return
     print(f"{len(trials)} trials; best validation accuracy {100 * best['val_accuracy']:.2f}% -> "
           f"{Path(args.tuning_dir) / args.model / 'best_hparams.json'}")
 
@@ -295,6 +477,11 @@ def add_export_parser(sub):
                         help="training images for --int8 calibration, stratified over the classes (default 500)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip running the export in its own runtime (fresh process) against the .keras model")
+    parser.add_argument("--verify-images", type=positive_int, default=1000,
+                        help="with --data-dir: verify on the first N test images (default 1000; without --data-dir, "
+                        "100 random-pixel images)")
+    parser.add_argument("--record", help="also write the verification (per file: runtime, images, top-1 agreement, "
+                        "largest probability difference) as a JSON run record here")
     add_data_dir(parser)
     parser.set_defaults(handler=run_export)
 
@@ -312,7 +499,7 @@ def run_export(args, argv):
         require(*RUNTIMES[args.format], f"verifying the {args.format} export")
     model = models.load_keras_model(args.model_path)
     images = None
-    if args.int8 or args.data_dir:
+    if args.int8:
         images = calibration_images(args.data_dir, args.calibration_images)
     root = args.root or ("saved_models" if args.format == "saved_model" else f"saved_models/{args.format}")
     target = export_model(model, root, args.name or Path(args.model_path).stem, args.version, args.format,
@@ -320,18 +507,29 @@ def run_export(args, argv):
     print(f"exported {args.model_path} -> {target}")
     if args.no_verify:
         return
-    if images is None:  # without --data-dir
-        images = np.random.default_rng(0).integers(0, 256, (100, 32, 32, 3))
-        what = "100 random-pixel images (--data-dir: training images)"
+    if args.data_dir:  # real images the int8 calibration never saw
+        from cifar_keras import data
+
+        images = data.load(args.data_dir).test.images[:args.verify_images]
+        what = f"the first {len(images)} test images"
     else:
-        what = f"{len(images)} training images"
+        images = np.random.default_rng(0).integers(0, 256, (100, 32, 32, 3))
+        what = "100 random-pixel images (--data-dir: test images)"
     pixels = images.astype(np.float32)
     expected = model.predict(pixels, verbose=0)
+    checks = []
     for path, precision in artifacts(target, args.format):
-        check = verify(path, args.format, precision, pixels, expected)
-        print(f"verified {path} ({precision}) in {check['runtime']}, fresh process: top-1 agrees with the .keras model "
-              f"on {100 * check['top1_agreement']:.1f} % of {what}, max |probability difference| "
-              f"{check['max_abs_diff']:.1e}")
+        checks.append(verify(path, args.format, precision, pixels, expected))
+        print(f"verified {path} ({precision}) in {checks[-1]['runtime']}, fresh process: top-1 agrees with the .keras "
+              f"model on {100 * checks[-1]['top1_agreement']:.1f} % of {what}, max |probability difference| "
+              f"{checks[-1]['max_abs_diff']:.1e}")
+    if args.record:
+        from cifar_keras import records, runtime
+
+        records.write(args.record, {"kind": "export", "model_path": str(args.model_path), "format": args.format,
+                                    "export": str(target), "verified_on": what, "verification": checks,
+                                    "command": command_line(argv), "code": records.code_version(),
+                                    **runtime.environment()})
 
 
 def add_predict_parser(sub):
@@ -482,8 +680,8 @@ def run_report(args, argv):
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m cifar_keras", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_fit_parser, add_evaluate_parser, add_calibrate_parser, add_tune_parser, add_export_parser,
-                add_predict_parser, add_bench_parser, add_report_parser):
+    for add in (add_fit_parser, add_launch_parser, add_evaluate_parser, add_calibrate_parser, add_tune_parser,
+                add_export_parser, add_predict_parser, add_bench_parser, add_report_parser):
         add(sub)
     return parser
 
@@ -494,11 +692,22 @@ def main(argv=None):
     try:
         from cifar_keras import runtime
 
-        runtime.import_tensorflow_quietly()
+        if args.command != "launch":  # the launched processes import it
+            runtime.import_tensorflow_quietly()
         return args.handler(args, argv) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return multiworker.abandon(2)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+        return multiworker.abandon(130)
+    except Exception as e:
+        # A process of a cluster exits at once: JAX's shutdown would wait for the others.
+        message = multiworker.explain(e)
+        if message is None and not multiworker.in_cluster():
+            raise
+        if message is None:
+            traceback.print_exc()
+        else:
+            print(f"error: {message}", file=sys.stderr)
+        return multiworker.abandon(1)

@@ -73,8 +73,10 @@ class RunConfig:
     precision: str = option("auto", "hardware", "auto: bfloat16 on CPUs with AMX, float16 on GPUs, else float32",
                             choices=PRECISIONS)
     distribute: str = option("none", "hardware", "mirrored: synchronous data parallelism over this machine's "
-                             "devices (TensorFlow MirroredStrategy, JAX DataParallel); batch size and learning rate "
-                             "are per replica", choices=("none", "mirrored"))
+                             "devices (TensorFlow MirroredStrategy, JAX DataParallel); multiworker: over the devices "
+                             "of several processes or machines (JAX's distributed runtime, KERAS_BACKEND=jax; see "
+                             "the cluster options, or `launch`); batch size and learning rate are per replica",
+                             choices=("none", "mirrored", "multiworker"))
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -88,6 +88,22 @@ def make_dataset(split, batch_size):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def padded_dataset(split, batch_size):
+    """make_dataset's batches plus per-image weights, every batch exactly `batch_size` images (Keras shards a
+    dataset between the processes of a cluster only when its batch size is static): blank images of weight 0
+    fill the last batch, and the split's own images weigh padded/real each, so that the mean loss Keras reports
+    (per batch: the weighted sum over the batch size) and its weighted metrics are those of the split alone."""
+    real = len(split)
+    total = -(-real // batch_size) * batch_size
+    pad = total - real
+    images = np.concatenate([split.images, np.zeros((pad, *split.images.shape[1:]), split.images.dtype)])
+    labels = np.concatenate([split.fine, np.zeros(pad, split.fine.dtype)])
+    weights = np.concatenate([np.full(real, total / real, np.float32), np.zeros(pad, np.float32)])
+    ds = tf.data.Dataset.from_tensor_slices((images, labels, weights)).batch(batch_size, drop_remainder=True)
+    ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), tf.one_hot(y, NUM_CLASSES), w))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def predict_outputs(model, images, batch_size=500):
     """A model's outputs (float64) for uint8 `images` (N, 32, 32, 3), in order, batch by batch."""
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(lambda x: tf.cast(x, tf.float32))

@@ -180,3 +180,19 @@ def reliability_diagram(probabilities, labels, path, title, bins=15):
     fig.tight_layout()
     fig.savefig(path, **PNG)
     plt.close(fig)
+
+
+def corruption_curves(curves, path, title="Top-1 under corruption (mean over the corruption types)"):
+    """Top-1 against corruption severity, one line per model; severity 0 is the clean images.
+
+    `curves`: {label: (severities, top-1 %)}, e.g. from the summaries of `evaluate --corruptions` records."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (label, (severities, top1)), marker in zip(sorted(curves.items()), "osD^v<>p*h"):
+        ax.plot(severities, top1, marker=marker, label=label)
+    ax.set_xticks(sorted({s for severities, _ in curves.values() for s in severities}))
+    ax.set(xlabel="severity (0: clean)", ylabel="top-1 accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, **PNG)
+    plt.close(fig)

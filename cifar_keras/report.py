@@ -195,6 +195,7 @@ def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cn
         plots.training_curves(ablation_logs, figures_dir / "ablation_curves.png")
     if points:
         plots.accuracy_vs_compute(points, figures_dir / "accuracy_vs_compute.png")
+    corrupted = corruption_figure(records_dir, figures_dir / "corruption_severity.png")
     facts = model_figures(model, dataset, figures_dir)
 
     def link(path):
@@ -207,6 +208,8 @@ def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cn
         f"![Training curves]({link(curves)})",
         *([f"![Top-1 against training compute]({link(figures_dir / 'accuracy_vs_compute.png')})"] if points else []),
         *([f"![Ablation curves]({link(figures_dir / 'ablation_curves.png')})"] if ablation_logs else []),
+        *([f"![Top-1 against corruption severity]({link(figures_dir / 'corruption_severity.png')})"]
+          if corrupted else []),
         "",
         f"Test-set analysis of `{model_path.as_posix()}`:",
         "",
@@ -294,6 +297,71 @@ def ablation_table(folder, reference, title):
     return "\n".join(head + lines)
 
 
+CORRUPTIONS = "corruptions"  # evaluate --corruptions records of the models in records_dir
+
+
+def corruption_records(records_dir):
+    """(label, record) of every `evaluate --corruptions` record in records_dir/corruptions/, by file name."""
+    found = []
+    for path in sorted((Path(records_dir) / CORRUPTIONS).glob("*.json")):
+        record = records.read(path)
+        if isinstance(record, dict) and record.get("kind") == "corruptions":
+            found.append((path.stem, record, path))
+    return found
+
+
+def corruption_table(records_dir):
+    """Top-1 of each model clean and per corruption (mean over its severities), and the mean corruption top-1
+    (over every corruption x severity), from the corruption records; '' if there are none."""
+    found = corruption_records(records_dir)
+    if not found:
+        return ""
+    columns = []  # per record: {row name: cell}
+    for label, record, path in found:
+        try:
+            summary = record["summary"]
+            column = {"clean": f"{float(record['clean']['top1']):.2f} %",
+                      **{n: f"{float(v):.2f} %" for n, v in summary["by_corruption"].items()},
+                      "mean": f"**{float(summary['mean_corruption_top1']):.2f} %**",
+                      "images": f"{int(record['images'])} x {len(record['severities'])}"}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"{path}: malformed corruption record ({type(e).__name__}: {e})") from None
+        columns.append(column)
+    names = list(dict.fromkeys(n for _, record, _ in found for n in record["summary"]["by_corruption"]))
+    rows = [("clean", "clean"), *((n, n.replace("_", " ")) for n in names),
+            ("mean", "**mean corruption top-1**"), ("images", "images x severities")]
+    lines = ["Corruption robustness (`python -m cifar_keras evaluate MODEL --corruptions`): the 15 corruptions of "
+             "CIFAR-100-C (Hendrycks & Dietterich, 2019) re-implemented in `cifar_keras/corruptions.py` (frost with "
+             "synthetic frost textures). Each corruption's top-1 is the mean over its severities; the mean "
+             "corruption top-1 is the mean over every corruption x severity. Records in "
+             f"`{(Path(records_dir) / CORRUPTIONS).as_posix()}/`:", "",
+             "| Top-1 | " + " | ".join(f"`{label}`" for label, _, _ in found) + " |",
+             "|---" * (len(found) + 1) + "|"]
+    for key, title in rows:
+        lines.append(f"| {title} | " + " | ".join(column.get(key, "—") for column in columns) + " |")
+    return "\n".join(lines)
+
+
+def corruption_figure(records_dir, path):
+    """Top-1 against severity (0: clean; mean over the corruptions) of every corruption record; False if none."""
+    from cifar_keras import plots
+
+    found = corruption_records(records_dir)
+    if not found:
+        return False
+    curves = {}
+    for label, record, record_path in found:
+        try:
+            by_severity = record["summary"]["by_severity"]
+            severities = sorted(int(s) for s in by_severity)
+            curves[label] = ([0, *severities], [float(record["clean"]["top1"]),
+                                                *(float(by_severity[str(s)]) for s in severities)])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{record_path}: malformed corruption record ({type(e).__name__}: {e})") from None
+    plots.corruption_curves(curves, path)
+    return True
+
+
 def compute_points(records_dir):
     """Top-1 against training compute of every fit run in `records_dir` and its previous/, ablations/ and study/."""
     points = []
@@ -363,7 +431,7 @@ def update_readme(readme, records_dir, analysis=None):
         from cifar_keras.bench import inference_table
 
         benches.append(inference_table(records.read(Path(records_dir) / "inference.json")))
-    sections = [results_table(load_fit_records(records_dir)), *benches,
+    sections = [results_table(load_fit_records(records_dir)), *benches, corruption_table(records_dir),
                 ablation_table(Path(records_dir) / "ablations", "reference",
                                "Small-scale recipe ablations of `cnn` (4,000 training images, 8 epochs: too small "
                                "to guide the full recipe; kept for the record)"),

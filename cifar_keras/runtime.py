@@ -142,6 +142,8 @@ def data_parallel(kind):
     none: a no-op scope, 1 replica. mirrored: on TensorFlow, tf.distribute.MirroredStrategy
     over the GPUs (else the logical CPUs), whose scope the model must be built and fitted in;
     on JAX, keras.distribution.DataParallel over all devices, set for the block and unset after.
+    multiworker (JAX only): the same DataParallel over the devices of every process of the cluster
+    this process joined (multiworker.join); Keras gives each process its share of every batch.
     """
     import keras
 
@@ -149,6 +151,15 @@ def data_parallel(kind):
         yield contextlib.nullcontext, 1
         return
     backend = keras.backend.backend()
+    if kind == "multiworker":
+        import jax
+
+        from cifar_keras.multiworker import NEEDS_JAX
+
+        if backend != "jax":
+            raise UserError(NEEDS_JAX)
+        if not jax.distributed.is_initialized():
+            raise UserError("--distribute multiworker: this process has not joined a cluster (multiworker.join)")
     if backend == "tensorflow":
         import tensorflow as tf
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifar_keras import calibrate, data, flops, models, records, runtime
+from cifar_keras import calibrate, data, flops, models, multiworker, records, runtime
 from cifar_keras.errors import UserError
 from cifar_keras.evaluate import evaluate_model, metrics
-from cifar_keras.pipeline import make_dataset, train_batches
+from cifar_keras.pipeline import make_dataset, padded_dataset, train_batches
 
 
 # --- optimiser and compile: shared with `tune` and `bench` -------------------------------------
@@ -79,8 +79,10 @@ def compile_model(model, config, steps_per_epoch, learning_rate=None):
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch, learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                 keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+        # Weighted: the same names and values without sample weights, and exact on the padded, weighted
+        # validation batches of a cluster (pipeline.padded_dataset); Keras' plain `metrics` ignore weights.
+        weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                          keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
     )
 
 
@@ -269,6 +271,8 @@ class Plan:
     learning_rate: float  # peak, scaled with the replicas (linear scaling rule)
     steps_per_epoch: int
     first_epoch: int  # > 0 when resuming
+    processes: int = 1  # of a cluster (--distribute multiworker): each feeds its share of every global batch
+    primary: bool = True  # process 0, the one that writes files (a single process is)
 
 
 def run_paths(output_dir, name):
@@ -312,6 +316,46 @@ def prepare_run_folder(output_dir, name, config):
     return paths, done
 
 
+def prepare_shared_run_folder(team, output_dir, name, config):
+    """prepare_run_folder for every process of a cluster: process 0 prepares its run folder (resuming as a single
+    process does) and sends the others its working files (checkpoints, backup, log), which they keep in their
+    private scratch folder: every process resumes from the same state, and only process 0 writes in the output
+    folder."""
+    if team.processes == 1:
+        return prepare_run_folder(output_dir, name, config)
+
+    def prepare():
+        paths, first_epoch = prepare_run_folder(output_dir, name, config)
+        work = paths["best"].parent
+        files = {f"work/{p.relative_to(work)}": p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file()}
+        if paths["log"].exists():
+            files["log"] = paths["log"].read_bytes()
+        return first_epoch, files
+
+    first_epoch, files = team.share(prepare)
+    if team.primary:
+        return run_paths(output_dir, name), first_epoch
+    scratch = team.make_scratch(f"{Path(output_dir).resolve()}/{name}/{multiworker.fingerprint(config)}")
+    paths = run_paths(scratch, name)
+    for key, content in files.items():
+        target = paths["log"] if key == "log" else paths["best"].parent / key.removeprefix("work/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    paths["best"].parent.mkdir(parents=True, exist_ok=True)
+    return paths, first_epoch
+
+
+def validation_batches(split, plan):
+    """(dataset, steps) of the validation split for fit: batches of 500 (steps: None, all of them); for a cluster,
+    padded static batches (a multiple of the devices) that Keras shards between the processes, whose loss and
+    metrics are still those of the whole split, repeated and counted (the sharded dataset's length is unknown
+    to Keras)."""
+    if plan.processes == 1:
+        return make_dataset(split, 500), None
+    batch = plan.replicas * math.ceil(min(500, len(split)) / plan.replicas)
+    return padded_dataset(split, batch).repeat(), math.ceil(len(split) / batch)
+
+
 def build_inputs(config, data_dir):
     """The data set and the run's train/validation splits."""
     dataset = data.load(data_dir)
@@ -319,14 +363,14 @@ def build_inputs(config, data_dir):
     return dataset, train, val
 
 
-def make_plan(config, name, paths, first_epoch, precision, replicas, train_images):
+def make_plan(config, name, paths, first_epoch, precision, replicas, train_images, processes=1, primary=True):
     global_batch = config.batch_size * replicas
     steps = train_images // global_batch
     if steps == 0:
         raise UserError(f"global batch {global_batch} is larger than the {train_images} training images")
     return Plan(config=config, name=name, paths=paths, precision=precision, replicas=replicas,
                 global_batch_size=global_batch, learning_rate=config.learning_rate * replicas,
-                steps_per_epoch=steps, first_epoch=first_epoch)
+                steps_per_epoch=steps, first_epoch=first_epoch, processes=processes, primary=primary)
 
 
 def train(plan, train_split, val_split, scope, extra_callbacks=()):
@@ -343,18 +387,25 @@ def train(plan, train_split, val_split, scope, extra_callbacks=()):
     callbacks = [EpochTimer(), keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint,
                  keras.callbacks.BackupAndRestore(paths["backup"]),
                  WallTimeEstimate(plan.steps_per_epoch, config.epochs, plan.first_epoch), *extra_callbacks]
+    if not plan.primary:
+        # The other processes of a cluster save the same checkpoints and backups (in their scratch folder: saving
+        # is a step all processes take together) and write nothing else.
+        callbacks = [c for c in callbacks if isinstance(c, (EpochTimer, keras.callbacks.ModelCheckpoint,
+                                                            keras.callbacks.BackupAndRestore))]
     if config.patience:
         callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=config.patience))
     average = WeightAverage(config.ema)
-    if config.ema:
+    if config.ema and plan.primary:
         callbacks.append(average)
     # Epoch e's batches depend only on (seed, e): a resumed run sees what an uninterrupted one does.
     batches = training_data(train_split, config, plan.global_batch_size, first_epoch=plan.first_epoch)
+    validation, validation_steps = validation_batches(val_split, plan)
     with scope():  # the batches are already shuffled; fit's own shuffle does not apply to a tf.data.Dataset
-        model.fit(batches, validation_data=make_dataset(val_split, 500), epochs=config.epochs,
-                  steps_per_epoch=plan.steps_per_epoch, callbacks=callbacks, verbose=verbosity(), shuffle=False)
+        model.fit(batches, validation_data=validation, validation_steps=validation_steps, epochs=config.epochs,
+                  steps_per_epoch=plan.steps_per_epoch, callbacks=callbacks, verbose=verbosity() if plan.primary else 0,
+                  shuffle=False)
     model.load_weights(paths["best"])
-    return model, (average.weights if config.ema else None)
+    return model, (average.weights if config.ema and plan.primary else None)
 
 
 def float32_copy(config, weights):
@@ -441,6 +492,7 @@ def make_record(plan, command, hparams, base, final, val_scores, test, calibrati
         "train_wall_time_s": round(sum(row["epoch_time"] for row in log), 1),
         "process_wall_time_s": round(time.perf_counter() - started, 1),
         "resumed": plan.first_epoch > 0,
+        "processes": plan.processes,
         "replicas": plan.replicas,
         "global_batch_size": plan.global_batch_size,
         "scaled_learning_rate": plan.learning_rate,
@@ -460,19 +512,23 @@ def make_record(plan, command, hparams, base, final, val_scores, test, calibrati
 
 
 def fit(config, data_dir=None, output_dir="saved_models", name=None, command=None, hparams=None,
-        extra_callbacks=()):
+        extra_callbacks=(), cluster=None):
     """Train as `config` (a RunConfig) says; write <name>.keras, <name>.json (run record) and <name>.log.csv.
 
     hparams: provenance of the tuned hyperparameters in `config` ({"path", "sha256"}), None if built-in.
+    With --distribute multiworker, this process trains as its place in `cluster` (multiworker.Cluster; default:
+    from the environment) says; process 0 writes the files and returns the record, the others return None.
     """
     started = time.perf_counter()
     name = name or config.model
-    paths, first_epoch = prepare_run_folder(output_dir, name, config)
+    team = multiworker.join(config, cluster)  # a team of one without --distribute multiworker
+    paths, first_epoch = prepare_shared_run_folder(team, output_dir, name, config)
     keras.utils.set_random_seed(config.seed)
     dataset, train_split, val_split = build_inputs(config, data_dir)
     with runtime.precision_policy(config.precision) as precision, \
             runtime.data_parallel(config.distribute) as (scope, replicas):
-        plan = make_plan(config, name, paths, first_epoch, precision, replicas, len(train_split))
+        plan = make_plan(config, name, paths, first_epoch, precision, replicas, len(train_split), team.processes,
+                         team.primary)
         budget = None
         if config.time_budget:
             budget = plan_time_budget(plan, train_split, val_split, scope)
@@ -482,11 +538,14 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
                   f"{budget['measured']['train_s_per_epoch']:.0f} s + {budget['measured']['val_s_per_epoch']:.0f} s "
                   "validation", flush=True)
         print(f"fit: {name} = {config.model} ({'recipe of ' + hparams['path'] if hparams else 'built-in recipe'}), "
-              f"{keras.backend.backend()} backend, {precision}, {replicas} replica(s) on "
+              f"{keras.backend.backend()} backend, {precision}, {replicas} replica(s) "
+              f"{f'in {team.processes} processes ' if team.processes > 1 else ''}on "
               f"{', '.join(runtime.gpus()) or runtime.cpu_model()}, {len(train_split)} training images, "
               f"{plan.config.epochs} epochs" + (f", resuming after epoch {first_epoch}" if first_epoch else ""),
               flush=True)
         model, averaged = train(plan, train_split, val_split, scope, extra_callbacks)
+    if not team.leave():  # the processes other than 0 are done; process 0 finalises alone
+        return None
     base, final, val_scores, test, calibration = finalise(plan, model, averaged, dataset, val_split)
     record = make_record(plan, command, hparams, base, final, val_scores, test, calibration, train_split, val_split,
                          started)

@@ -205,17 +205,21 @@ def test_export_verifies_in_a_fresh_process(keras_file, tmp_path, capsys):
 
 
 @needs_deploy
-def test_flip_tta_and_whitening_stem_convert_to_every_format(data_root, tmp_path, capsys):
-    """What `fit cnn --tta --model-args '{"stem": "whiten", "dirac": true}'` saves: a nested model, Permute,
-    a Dense on 4-D tensors, Average, a frozen 2x2 conv."""
+def test_tta_and_whitening_stem_convert_to_every_format_and_the_check_is_recorded(data_root, tmp_path, capsys):
+    """What `fit cnn` saves: a nested model called on 6 views (Permute, Dense on 4-D tensors, Average), a
+    frozen 2x2 conv; verified on real test images, the check written as a record."""
     base = models.cnn(widths=(8, 16, 16), stem_width=8, stem="whiten", dirac=True)
     models.whiten_from_data(base, np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3)).astype(np.uint8))
-    models.with_tta(base).save(tmp_path / "tta.keras")
+    models.with_tta(base, translate=True).save(tmp_path / "tta.keras")
     for fmt in FORMATS:
+        record = tmp_path / f"verify_{fmt}.json"
         assert cli.main(["export", str(tmp_path / "tta.keras"), "--format", fmt, "--root", str(tmp_path / fmt),
-                         "--data-dir", str(data_root), "--calibration-images", "100"]) == 0
+                         "--data-dir", str(data_root), "--verify-images", "40", "--record", str(record)]) == 0
         out = capsys.readouterr().out
-        assert out.count("verified") == 1 and "100.0 % of 100 training images" in out, out
+        assert out.count("verified") == 1 and "100.0 % of the first 40 test images" in out, out
+        checks = json.loads(record.read_text())["verification"]
+        assert [c["format"] for c in checks] == [fmt] and checks[0]["images"] == 40
+        assert checks[0]["top1_agreement"] == 1.0 and 0 <= checks[0]["max_abs_diff"] < 1e-4
 
 
 @pytest.mark.parametrize("module, argv, message", [
