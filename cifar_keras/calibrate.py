@@ -125,14 +125,6 @@ def before_after(logits_list, labels, temperature, bins=BINS):
 
 # --- the model side ------------------------------------------------------------------------------
 
-def tta_inner(model):
-    """The model that a TTA wrapper (models.with_tta) calls on each view of the image."""
-    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    if len(inner) != 1:
-        raise ValueError(f"{model.name}: expected one inner model inside a TTA model, found {len(inner)}")
-    return inner[0]
-
-
 def logits_tensor(model):
     """The symbolic input of the model's final softmax layer "probabilities": its (scaled) logits."""
     return model.get_layer("probabilities").input
@@ -149,7 +141,7 @@ def model_logits(model, images, batch_size=500):
     (models.tta_views)."""
     kind = models.tta_kind(model)
     if kind:
-        sub = logit_model(tta_inner(model))
+        sub = logit_model(models.tta_inner(model))
         return [logits for rows, columns, count in models.tta_views(kind == "flip_translate")
                 for logits in [predict_outputs(sub, models.move_pixels(images, rows, columns), batch_size)] * count]
     return [predict_outputs(logit_model(model), images, batch_size)]
@@ -163,7 +155,8 @@ def with_temperature(model, temperature):
     Built-in layers only: plain `keras.saving.load_model` loads the result."""
     kind = models.tta_kind(model)
     if kind:
-        return models.with_tta(with_temperature(tta_inner(model), temperature), translate=kind == "flip_translate")
+        inner = with_temperature(models.tta_inner(model), temperature)
+        return models.with_tta(inner, translate=kind == "flip_translate")
     logits, scale = logits_tensor(model), 1.0 / temperature
     if any(layer.name == "temperature" for layer in model.layers):
         previous = model.get_layer("temperature")
@@ -175,7 +168,7 @@ def with_temperature(model, temperature):
 
 def temperature_of(model):
     """The temperature folded into a model (1.0 if none)."""
-    inner = tta_inner(model) if models.tta_kind(model) else model
+    inner = models.tta_inner(model) if models.tta_kind(model) else model
     if any(layer.name == "temperature" for layer in inner.layers):
         return 1.0 / float(inner.get_layer("temperature").scale)
     return 1.0

@@ -200,6 +200,9 @@ def add_evaluate_parser(sub):
     parser.add_argument("--output", help="also write the result as a JSON run record here")
     parser.add_argument("--report-dir", help="also write superclass-confusion, per-class-accuracy and example "
                         "figures here")
+    parser.add_argument("--tta", choices=("none", "flip", "flip_translate"),
+                        help=".keras models: score with this test-time augmentation instead of the model's own "
+                        "(a TTA model's inner model is re-wrapped; none: the inner model alone)")
     add_data_dir(parser)
     robustness = parser.add_argument_group(
         "corruption benchmark (--corruptions)",
@@ -293,7 +296,11 @@ def run_evaluate(args, argv):
     if selection and not args.output and fmt != "keras":
         raise UserError("--corruptions on an export needs --output (the record's default, corruptions/NAME.json "
                         "beside the model, is for .keras files)")
+    if fmt != "keras" and args.tta:
+        raise UserError("--tta needs the .keras model")
     model = models.load_keras_model(args.model_path) if fmt == "keras" else runtimes.load(args.model_path)
+    if args.tta:
+        model = models.with_tta_kind(model, args.tta)
     dataset = data.load(args.data_dir)
     split = dataset.test
     if args.split == "val":
@@ -307,6 +314,7 @@ def run_evaluate(args, argv):
                                         lambda m, s: score(m, s, dataset.fine_to_coarse()), deployed, record_path)
     result = score(model, split, dataset.fine_to_coarse())
     record = {"kind": "evaluate", "model_path": str(args.model_path), **deployed, "split": args.split,
+              "tta": args.tta or models.tta_kind(model) or "none",
               "command": command_line(argv), args.split: result, **runtime.environment()}
     if args.output:
         records.write(args.output, record)

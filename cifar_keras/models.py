@@ -180,6 +180,22 @@ def with_tta(model, translate=False):
     return keras.Model(inputs, outputs, name=f"{model.name}_{kind}_tta")
 
 
+def with_tta_kind(model, kind):
+    """`model` scored with test-time augmentation `kind` ("none", "flip" or "flip_translate") instead of its
+    own: a TTA wrapper's inner model is re-wrapped (or returned alone, for "none")."""
+    if tta_kind(model):
+        model = tta_inner(model)
+    return model if kind == "none" else with_tta(model, translate=kind == "flip_translate")
+
+
+def tta_inner(model):
+    """The model that a TTA wrapper (with_tta) calls on each view of the image."""
+    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(inner) != 1:
+        raise ValueError(f"{model.name}: expected one inner model inside a TTA model, found {len(inner)}")
+    return inner[0]
+
+
 def tta_kind(model):
     """"flip" or "flip_translate" for a `with_tta` wrapper (including older flip-TTA saves), else None."""
     names = {layer.name for layer in model.layers}

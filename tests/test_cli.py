@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_keras import cli, runtime, train
+from cifar_keras import cli, data, models, runtime, train
 from cifar_keras.config import make_config
 
 QUICK = ["--epochs", "2", "--batch-size", "50", "--val-size", "100", "--precision", "float32"]
@@ -247,6 +247,27 @@ def test_evaluate_on_the_validation_split_matches_the_record(fitted, data_root, 
                      "--data-dir", str(data_root)]) == 0
     result = json.loads(capsys.readouterr().out)["val"]
     assert result["images"] == 100 and result["top1"] == pytest.approx(record["val"]["top1_float32"], abs=0.01)
+
+
+def test_evaluate_scores_another_test_time_augmentation(fitted, data_root, capsys, tmp_path):
+    out, _ = fitted
+    dataset = data.load(data_root)
+    model = keras.saving.load_model(out / "mlp.keras")
+    wrapped = models.with_tta(model, translate=True)
+    expected = 100 * np.mean(wrapped.predict(dataset.test.images.astype("float32"), verbose=0).argmax(1)
+                             == dataset.test.fine)
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out / "mlp.keras"), "--tta", "flip_translate", "--data-dir", str(data_root),
+                     "--output", str(tmp_path / "tta.json")]) == 0
+    record = json.loads((tmp_path / "tta.json").read_text())
+    assert record["tta"] == "flip_translate" and record["test"]["top1"] == pytest.approx(expected, abs=1e-6)
+    # Re-wrapping a TTA model scores its inner model: "none" undoes the wrapper.
+    wrapped.save(tmp_path / "wrapped.keras")
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "wrapped.keras"), "--tta", "none", "--data-dir", str(data_root)]) == 0
+    assert json.loads(capsys.readouterr().out)["test"]["top1"] == pytest.approx(
+        100 * np.mean(model.predict(dataset.test.images.astype("float32"), verbose=0).argmax(1) == dataset.test.fine),
+        abs=1e-6)
 
 
 def test_fit_announces_the_run_and_writes_tensorboard_logs(data_root, tmp_path, capsys, monkeypatch):
