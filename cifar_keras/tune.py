@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import keras_tuner
 
-from cifar_keras import data, models, records, runtime
+from cifar_keras import data, models, records, runtime, tune_distributed
 from cifar_keras.config import make_config
 from cifar_keras.errors import UserError
 from cifar_keras.pipeline import make_dataset
@@ -133,14 +133,19 @@ def trial_summary(tuner):
 
 
 def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, budget=None, data_dir=None,
-         tuning_dir="tuning", command=None, **options):
+         tuning_dir="tuning", command=None, role=None, **options):
     """Run (or continue) a search; write trials.json, best_hparams.json and a run record.
 
     budget: None (every trial trains `epochs`), minutes of a full training run, or "recipe".
+    role: this process's tune_distributed.Role in a distributed search (None: the search in this process). The
+      chief serves the search and writes the summaries; a worker runs trials and returns (None, its trial ids).
     options: RunConfig fields every trial shares (train_size, val_size, seed, precision, ...).
     """
     if budget is not None and kind == "hyperband":
         raise UserError("--budget sets each trial's epochs itself: use --tuner random or bayesian")
+    if budget == "recipe" and role is not None:
+        raise UserError("--budget recipe times the recipe on each machine: a distributed search takes the budget in "
+                        "minutes (time the recipe with a search on one machine)")
     started = time.perf_counter()
     shared = make_config(model_name, epochs=epochs, **options)
     seed, precision = shared.seed, shared.precision
@@ -149,19 +154,30 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, bu
     train, val = data.train_val_split(dataset.train, shared.val_size, shared.train_size, seed)
     hypermodel = CifarHyperModel(model_name, train, epochs=epochs, **options)
     folder = Path(tuning_dir) / model_name
-    tuner = make_tuner(kind, hypermodel, folder, max_trials, max_epochs, seed)
+    with tune_distributed.environment(role):  # KerasTuner reads a distributed role when the tuner is made
+        tuner = make_tuner(kind, hypermodel, folder, max_trials, max_epochs, seed)
+        if role is not None and not role.chief:  # a worker: trials from the chief; it writes no summary
+            with runtime.precision_policy(precision):
+                if budget is not None:  # minutes (not "recipe", see above): this subset's share, as below
+                    hypermodel.budget_s = 60 * float(budget) * len(train) / (len(dataset.train) - len(val))
+                return None, tune_distributed.work(tuner, role, validation_data=make_dataset(val, 500), epochs=epochs)
+    if not tuner.oracle.trials and (folder / "search" / "oracle.json").is_file():
+        tuner.oracle.reload()  # a search that another tuner id (a distributed search's chief, ...) ran here
     completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
     earlier = records.read(folder / "search.json") if (folder / "search.json").is_file() else None
     # Wall time accumulates over resumed runs; unknown if earlier runs left no record.
     earlier_time = earlier.get("search_wall_time_s") if earlier else (0.0 if not tuner.oracle.trials else None)
-    cost = {}
+    cost, given = {}, None
     with runtime.precision_policy(precision) as policy:
         if budget is not None:
             cost = full_run_budget(hypermodel, budget, len(dataset.train) - len(val))
             # A trial on a subset gets the subset's share of the budget: as many epochs as the full run.
             hypermodel.budget_s = 60 * cost["budget_minutes"] * len(train) / (len(dataset.train) - len(val))
-        if len(completed) < max_trials:  # a finished search only rewrites its summaries
-            tuner.search(validation_data=make_dataset(val, 500), epochs=epochs)
+        if role is not None and (len(completed) < max_trials or role.workers):
+            given = tune_distributed.serve(tuner, role)  # the workers train; with --workers, all are told it is over
+        elif len(completed) < max_trials:  # a finished search only rewrites its summaries
+            with tune_distributed.environment(role):
+                tuner.search(validation_data=make_dataset(val, 500), epochs=epochs)
 
     best_hp = tuner.get_best_hyperparameters(1)[0]
     best_trial = tuner.oracle.get_best_trials(1)[0]
@@ -181,5 +197,9 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, bu
         "run_wall_time_s": round(time.perf_counter() - started, 1),
         "search_wall_time_s": None if earlier_time is None else round(earlier_time + time.perf_counter() - started, 1),
         "best": best, **runtime.environment(), "code": records.code_version(),
+        # This run's chief: its address and the trials it gave each worker (a trial retried after a failure may
+        # be listed under two workers).
+        "distributed": None if role is None else {"oracle": role.oracle, "workers": role.workers,
+                                                  "trials_given": given or {}},
     })
     return best, trials
