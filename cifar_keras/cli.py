@@ -305,7 +305,8 @@ def run_evaluate(args, argv):
     split = dataset.test
     if args.split == "val":
         split = data.train_val_split(dataset.train, args.val_size, seed=args.seed)[1]
-    deployed = {} if fmt == "keras" else {"format": fmt, "precision": model.precision, "runtime": model.runtime}
+    deployed = ({"tta": args.tta or models.tta_kind(model) or "none"} if fmt == "keras"
+                else {"format": fmt, "precision": model.precision, "runtime": model.runtime})
     score = evaluate_model if fmt == "keras" else evaluate_predictor
     if selection:
         source = Path(args.model_path)
@@ -314,7 +315,6 @@ def run_evaluate(args, argv):
                                         lambda m, s: score(m, s, dataset.fine_to_coarse()), deployed, record_path)
     result = score(model, split, dataset.fine_to_coarse())
     record = {"kind": "evaluate", "model_path": str(args.model_path), **deployed, "split": args.split,
-              "tta": args.tta or models.tta_kind(model) or "none",
               "command": command_line(argv), args.split: result, **runtime.environment()}
     if args.output:
         records.write(args.output, record)
