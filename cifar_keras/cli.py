@@ -224,6 +224,15 @@ def add_evaluate_parser(sub):
     parser.set_defaults(handler=run_evaluate)
 
 
+def comma_list(flag, text, allowed):
+    """The values of a comma-separated option, each one of `allowed`; a one-line error otherwise."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    wrong = sorted(set(values) - set(allowed))
+    if wrong or not values:
+        raise UserError(f"{flag}: unknown {', '.join(wrong) or 'empty list'}; choose from {', '.join(allowed)}")
+    return values
+
+
 def corruption_selection(args):
     """(corruption names, severities) that evaluate --corruptions runs; one-line errors for bad values, and for
     benchmark options without --corruptions."""
@@ -243,13 +252,7 @@ def corruption_selection(args):
     selected = []
     for flag, text, allowed in (("--corruption-types", args.corruption_types, CORRUPTIONS),
                                 ("--severities", args.severities, tuple(str(s) for s in SEVERITIES))):
-        if text is None:
-            selected.append(list(allowed))
-            continue
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        wrong = [v for v in values if v not in allowed]
-        if wrong or not values:
-            raise UserError(f"{flag}: unknown {', '.join(wrong) or 'empty list'}; choose from {', '.join(allowed)}")
+        values = allowed if text is None else comma_list(flag, text, allowed)
         selected.append([v for v in allowed if v in values])  # in the benchmark's order, once each
     names, severities = selected
     return names, [int(s) for s in severities]
@@ -611,13 +614,8 @@ def run_bench_inference(args, argv):
     from cifar_keras import bench, records, runtime
     from cifar_keras.export import calibration_images
 
-    formats = [f for f in args.formats.split(",") if f]
-    precisions = [p for p in (args.precisions or "float32,int8,bfloat16").split(",") if p]
-    for name, values, allowed in (("--formats", formats, bench.INFERENCE_FORMATS),
-                                  ("--precisions", precisions, bench.INFERENCE_PRECISIONS)):
-        wrong = sorted(set(values) - set(allowed))
-        if wrong or not values:
-            raise UserError(f"{name}: unknown {', '.join(wrong) or 'empty list'}; choose from {', '.join(allowed)}")
+    formats = comma_list("--formats", args.formats, bench.INFERENCE_FORMATS)
+    precisions = comma_list("--precisions", args.precisions or "float32,int8,bfloat16", bench.INFERENCE_PRECISIONS)
     model_file = args.model_file or f"saved_models/{args.model}.keras"
     bench.check_inference_runtimes(formats, "int8" in precisions)
     calibration = None
@@ -643,13 +641,8 @@ def run_bench(args, argv):
 
     if args.inference:
         return run_bench_inference(args, argv)
-    backends = [b for b in args.backends.split(",") if b]
-    precisions = [p for p in (args.precisions or "float32,bfloat16").split(",") if p]
-    for name, values, allowed in (("--backends", backends, bench.BACKENDS),
-                                  ("--precisions", precisions, bench.PRECISIONS)):
-        wrong = sorted(set(values) - set(allowed))
-        if wrong or not values:
-            raise UserError(f"{name}: unknown {', '.join(wrong) or 'empty list'}; choose from {', '.join(allowed)}")
+    backends = comma_list("--backends", args.backends, bench.BACKENDS)
+    precisions = comma_list("--precisions", args.precisions or "float32,bfloat16", bench.PRECISIONS)
     results = bench.run(args.model, backends, precisions, args.batch_size, args.steps, args.warmup)
     args.output = args.output or "saved_models/bench.json"
     records.write(args.output, {"kind": "bench", "model": args.model, "command": command_line(argv),
