@@ -62,6 +62,9 @@ class RunConfig:
     flip: bool = option(True, "augmentation", "random horizontal flips")
     cutout_size: int = option(0, "augmentation", "cutout square side in pixels (0: off)", low=0, high=32,
                               flag="--cutout")
+    noise: float = option(0.0, "augmentation", "Gaussian pixel noise on a random half of the training images, "
+                          "standard deviation uniform in [0, NOISE] x 255 (robustness to noisy photos; 0: off)",
+                          low=0.0, high=0.5)
 
     seed: int = option(0, "data", "seed of the validation split, the initialisation and the batches", low=0)
     val_size: int = option(5000, "data", "validation images carved (stratified) from the training set", low=100)

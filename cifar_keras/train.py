@@ -102,7 +102,8 @@ def training_data(split, config, batch_size, first_epoch=0, epochs=None):
     """The seeded, augmented training batches of epochs [first_epoch, epochs)."""
     return train_batches(split, batch_size, seed=config.seed, first_epoch=first_epoch,
                          epochs=config.epochs if epochs is None else epochs,
-                         crop_pad=config.crop_pad, flip=config.flip, cutout_size=config.cutout_size)
+                         crop_pad=config.crop_pad, flip=config.flip, cutout_size=config.cutout_size,
+                         noise=config.noise)
 
 
 def verbosity():

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from cifar_keras import data
-from cifar_keras.pipeline import augment, cutout, make_dataset, train_batches
+from cifar_keras.pipeline import augment, cutout, gaussian_noise, make_dataset, train_batches
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,26 @@ def test_augment_applies_cutout_of_the_asked_size(split):
     x = augment(tf.constant(split.images), tf.constant([5, 6], tf.int64), crop_pad=0, flip=False, cutout_size=8)
     boxes = zeroed_boxes(x.numpy())  # the synthetic images have no all-zero pixels of their own
     assert max(count for count, *_ in boxes) == 64 and min(count for count, *_ in boxes) >= 16
+
+
+def test_gaussian_noise_leaves_half_the_images_clean_and_spreads_the_rest():
+    images = tf.fill([2000, 32, 32, 3], 128.0)  # mid-grey: no clipping at these noise levels
+    out = gaussian_noise(images, 0.1, tf.constant([1, 2], tf.int64)).numpy()
+    assert out.dtype == np.float32 and (out == np.round(out)).all() and out.min() >= 0 and out.max() <= 255
+    std = (out - 128).reshape(2000, -1).std(axis=1)
+    clean = std < 1.0  # rounding hides noise below ~0.3 grey levels
+    assert 0.45 < clean.mean() < 0.6
+    noisy = std[~clean]
+    # Uniform in [0, 25.5] grey levels: mean ~12.75, nothing beyond the maximum (plus sampling error).
+    assert 11.5 < noisy.mean() < 14.0 and noisy.max() < 25.5 * 1.05 and noisy.min() < 3
+    again = gaussian_noise(images, 0.1, tf.constant([1, 2], tf.int64)).numpy()
+    assert (out == again).all()
+
+
+def test_training_noise_adds_to_the_same_crops_and_flips(split):
+    options = dict(seed=4, crop_pad=4, flip=True)
+    (clean, y_clean), = batches(train_batches(split, 64, **options))
+    (noisy, y_noisy), = batches(train_batches(split, 64, noise=0.2, **options))
+    assert (y_clean == y_noisy).all()
+    diff = np.abs(noisy - clean).reshape(64, -1).mean(axis=1)
+    assert 10 < (diff == 0).sum() < 54 and diff.max() > 5  # about half the images untouched, the rest noisy
