@@ -7,6 +7,12 @@ then timed steps of `fit`, and a timed pass of the input pipeline alone.
 `bench --inference`: a trained model's inference per deployment format and precision (Keras,
 SavedModel, ONNX, LiteRT, OpenVINO; float32, int8, bfloat16), each in its own process with its
 own runtime: batch-1 latency (median, p99) and large-batch throughput.
+
+`bench --processes 1x2,2x1`: this machine's cores used by one process or split between several
+processes of one cluster (JAX's distributed runtime, as `fit --distribute multiworker`), each
+process pinned to its own cores: training images/s of the whole cluster, and the network bytes
+this machine sends per step (all interfaces, loopback included: on one machine, the processes'
+gradient exchange).
 """
 
 import json
@@ -62,6 +68,126 @@ def run(model_name="cnn", backends=BACKENDS, precisions=PRECISIONS, batch_size=2
                 results.append({"backend": backend, "precision": precision, "error": error[:300]})
             print(f"bench: {results[-1]}", file=sys.stderr, flush=True)
     return results
+
+
+# --- bench --processes: one machine's cores as one process or as a cluster ------------------------
+
+def parse_layouts(text):
+    """[(processes, cores per process), ...] from 'PxC,PxC' (e.g. '1x2,2x1'), checked against this machine's cores."""
+    from cifar_keras.errors import UserError
+    from cifar_keras.multiworker import core_shares
+
+    layouts = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        try:
+            processes, cores = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--processes: '{item}' is not PROCESSESxCORES (e.g. 1x2,2x1)") from None
+        if processes < 1 or cores < 1:
+            raise UserError(f"--processes: '{item}' needs at least 1 process and 1 core each")
+        try:
+            core_shares(processes, cores)
+        except UserError as e:
+            raise UserError(f"--processes: {e}") from None
+        layouts.append((processes, cores))
+    if not layouts:
+        raise UserError("--processes: give at least one layout, e.g. 1x2,2x1")
+    return layouts
+
+
+def network_bytes_sent():
+    """Bytes this machine has sent over all its network interfaces, loopback included (Linux /proc/net/dev)."""
+    with open("/proc/net/dev") as f:
+        return sum(int(line.split(":", 1)[1].split()[8]) for line in f.readlines()[2:])
+
+
+def measure_cluster(model_name, batch_size, steps, warmup, result_file):
+    """In each process of a cluster (Keras' KERAS_DISTRIBUTION_* variables; one process alone without them):
+    fit() steps of MODEL with `batch_size` images per process, DataParallel over every process's device. Process 0
+    writes the cluster's images/s and the machine's network bytes sent per step to `result_file`."""
+    from cifar_keras import multiworker
+
+    processes = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1"))
+    if processes > 1:
+        team = multiworker.join_cluster(multiworker.resolve_cluster())
+    import keras
+
+    from cifar_keras import runtime
+    from cifar_keras.config import make_config
+    from cifar_keras.data import Split
+    from cifar_keras.train import StepTimer, build_compiled, training_data
+
+    class NetworkTimer(StepTimer):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            if batch + 1 == self.skip:
+                self.sent_start = network_bytes_sent()
+            self.sent_end = network_bytes_sent()
+
+    keras.utils.set_random_seed(0)
+    with runtime.data_parallel("multiworker" if processes > 1 else "none") as (scope, replicas):
+        global_batch = batch_size * replicas
+        rng = np.random.default_rng(0)  # the same synthetic images in every process
+        n = global_batch * (steps + warmup)
+        split = Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, n),
+                      np.zeros(n, int))
+        config = make_config(model_name, batch_size=batch_size, epochs=1)
+        with scope():
+            model = build_compiled(config, steps + warmup)
+        timer = NetworkTimer(warmup)
+        model.fit(training_data(split, config, global_batch), epochs=1, verbose=0, callbacks=[timer])
+    elapsed = timer.end - timer.start
+    result = {"processes": processes, "devices": replicas, "global_batch_size": global_batch,
+              "train_images_per_s": round(global_batch * steps / elapsed, 1),
+              "step_ms": round(1000 * elapsed / steps, 1),
+              "network_bytes_sent_per_step": round((timer.sent_end - timer.sent_start) / steps),
+              "parameters": int(model.count_params()),
+              "trainable_bytes": int(sum(v.numpy().nbytes for v in model.trainable_variables))}
+    if processes == 1 or team.primary:
+        with open(result_file, "w") as f:
+            json.dump(result, f)
+    if processes > 1:
+        team.leave()
+
+
+def run_processes_bench(model_name="cnn", layouts=((1, 2), (2, 1)), batch_size=256, steps=10, warmup=3):
+    """For each (processes, cores) layout: that many processes of one cluster on a free loopback port, as `launch
+    --processes P --cores-per-process C` starts them (each pinned to its own cores), measuring with
+    measure_cluster. Returns one result per layout (a failure is recorded, not fatal)."""
+    import tempfile
+
+    from cifar_keras import multiworker
+
+    results = []
+    for processes, cores in layouts:
+        print(f"bench: {processes} process(es) x {cores} core(s) ...", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            result_file = os.path.join(scratch, "result.json")
+            command = [sys.executable, "-m", "cifar_keras.bench", "--cluster", model_name, str(batch_size),
+                       str(steps), str(warmup), result_file]
+            env = {**os.environ, "KERAS_BACKEND": "jax"}
+            code = multiworker.run_processes(command, processes, env, cores_per_process=cores)
+            layout = {"layout": f"{processes}x{cores}", "cores_per_process": cores}
+            if code == 0 and os.path.exists(result_file):
+                with open(result_file) as f:
+                    results.append({**layout, **json.load(f)})
+            else:
+                results.append({**layout, "processes": processes, "error": f"exit code {code}"})
+        print(f"bench: {results[-1]}", file=sys.stderr, flush=True)
+    return results
+
+
+def processes_table(record):
+    """Markdown table of a bench --processes record."""
+    rows = ["| processes x cores | global batch | training images/s | step | network bytes sent per step |",
+            "|---|---:|---:|---:|---:|"]
+    for r in record["results"]:
+        if "error" in r:
+            rows.append(f"| {r['layout']} | — | failed: {r['error']} | — | — |")
+        else:
+            rows.append(f"| {r['layout']} | {r['global_batch_size']} | {r['train_images_per_s']:.1f} | "
+                        f"{r['step_ms']:.0f} ms | {r['network_bytes_sent_per_step'] / 1e6:.1f} MB |")
+    return "\n".join(rows) + "\n"
 
 
 # --- bench --inference -----------------------------------------------------------------------------
@@ -202,7 +328,10 @@ def inference_table(record):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--inference":
+    if sys.argv[1] == "--cluster":
+        name, batch, steps, warmup, result_file = sys.argv[2:7]
+        measure_cluster(name, int(batch), int(steps), int(warmup), result_file)
+    elif sys.argv[1] == "--inference":
         path, precision, batch, steps, warmup, latency_runs, threads = sys.argv[2:9]
         print(json.dumps(time_inference(path, precision, int(batch), int(steps), int(warmup), int(latency_runs),
                                         int(threads) or None)))

@@ -173,6 +173,9 @@ def add_launch_parser(sub):
         "--tuner-id tuner0, tuner1, ...) on a free loopback port, sharing the tuning folder; N trials run at once.")
     parser.add_argument("--processes", "--workers", type=positive_int, required=True, metavar="N",
                         help="fit: processes of the cluster; tune: workers, besides the chief")
+    parser.add_argument("--cores-per-process", type=positive_int, metavar="C",
+                        help="fit: pin each process to its own C cores of this machine (Linux), so that the processes "
+                        "do not compete for cores (default: every process may use every core)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- fit|tune MODEL ...",
                         help="the fit or tune command, after --")
     parser.set_defaults(handler=run_launch)
@@ -180,8 +183,11 @@ def add_launch_parser(sub):
 
 def run_launch(args, argv):
     if args.command[args.command[:1] == ["--"]:][:1] == ["tune"]:  # the chief, then the workers
+        if args.cores_per_process:
+            raise UserError("--cores-per-process is for fit (a tune's workers share the machine's cores)")
         return multiworker.supervise(tune_distributed.launch_commands(args.command, args.processes))
-    return multiworker.run_processes(multiworker.launch_command(args.command), args.processes)
+    return multiworker.run_processes(multiworker.launch_command(args.command), args.processes,
+                                     cores_per_process=args.cores_per_process)
 
 
 # --- evaluate ----------------------------------------------------------------------------------
@@ -594,6 +600,12 @@ def add_bench_parser(sub):
                         help="untimed steps (calls of each batch size) first, for compilation (default 3)")
     parser.add_argument("--output", help="run record (default: saved_models/bench.json, with --inference "
                         "saved_models/inference.json)")
+    cluster = parser.add_argument_group("one machine's cores in several processes (--processes)")
+    cluster.add_argument("--processes", metavar="PxC,PxC",
+                         help="instead of the backends: for each layout, P processes of one JAX cluster (as fit "
+                         "--distribute multiworker) with C cores each, BATCH_SIZE images per process; time fit() "
+                         "steps and count the network bytes this machine sends per step (e.g. 1x2,2x1; default "
+                         "record saved_models/processes.json)")
     inference = parser.add_argument_group("inference (--inference)")
     inference.add_argument("--inference", action="store_true",
                            help="time inference of the trained model per format and precision instead of training")
@@ -636,11 +648,28 @@ def run_bench_inference(args, argv):
     return 1 if any("error" in r for r in results) else 0
 
 
+def run_bench_processes(args, argv):
+    from cifar_keras import bench, records, runtime
+
+    layouts = bench.parse_layouts(args.processes)
+    results = bench.run_processes_bench(args.model, layouts, args.batch_size, args.steps, args.warmup)
+    record = {"kind": "bench_processes", "model": args.model, "command": command_line(argv),
+              "batch_size_per_process": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+              "network_bytes": "bytes this machine sent over all interfaces (loopback included) during the timed "
+                               "steps, per step (/proc/net/dev)",
+              "results": results, **runtime.environment(), "backend": "jax", "code": records.code_version()}
+    records.write(args.output or "saved_models/processes.json", record)  # not bench*.json (training benches)
+    print(bench.processes_table(record), end="")
+    return 1 if any("error" in r for r in results) else 0
+
+
 def run_bench(args, argv):
     from cifar_keras import bench, records, runtime
 
     if args.inference:
         return run_bench_inference(args, argv)
+    if args.processes:
+        return run_bench_processes(args, argv)
     backends = comma_list("--backends", args.backends, bench.BACKENDS)
     precisions = comma_list("--precisions", args.precisions or "float32,bfloat16", bench.PRECISIONS)
     results = bench.run(args.model, backends, precisions, args.batch_size, args.steps, args.warmup)

@@ -459,23 +459,36 @@ def _exit_code(returncode):
     return 128 - returncode if returncode < 0 else returncode
 
 
-def run_processes(command, processes, env=None, host="127.0.0.1", port=None, grace=10.0):
+def core_shares(processes, cores_per_process):
+    """Disjoint sets of `cores_per_process` of this process's cores, one per process (Linux), or a one-line error
+    when there are not enough."""
+    available = sorted(os.sched_getaffinity(0))
+    if processes * cores_per_process > len(available):
+        raise UserError(f"{processes} processes x {cores_per_process} cores need {processes * cores_per_process} "
+                        f"cores; this machine gives {len(available)}")
+    return [available[i * cores_per_process:(i + 1) * cores_per_process] for i in range(processes)]
+
+
+def run_processes(command, processes, env=None, host="127.0.0.1", port=None, grace=10.0, cores_per_process=None):
     """Run `command` (an argv) as processes 0..N-1 of one cluster on `host`:`port` (default: a free loopback port),
-    via Keras' KERAS_DISTRIBUTION_* variables (KERAS_BACKEND=jax unless set). Process 0's output goes to this
-    process's; the others' to files, shown (last lines) if they fail. When one fails, the others are interrupted
-    (SIGINT, then SIGKILL after `grace` seconds). Returns the exit code: 0, or the first failing process's."""
+    via Keras' KERAS_DISTRIBUTION_* variables (KERAS_BACKEND=jax unless set), each pinned to its own
+    `cores_per_process` cores if given. Process 0's output goes to this process's; the others' to files, shown (last
+    lines) if they fail. When one fails, the others are interrupted (SIGINT, then SIGKILL after `grace` seconds).
+    Returns the exit code: 0, or the first failing process's."""
+    cores = core_shares(processes, cores_per_process) if cores_per_process else None
     port = port or free_port(host)
     env = dict(os.environ if env is None else env)
     env.setdefault("KERAS_BACKEND", "jax")
     env.update(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"{host}:{port}", KERAS_DISTRIBUTION_NUM_PROCESSES=str(processes))
     environments = [{**env, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)} for i in range(processes)]
-    return supervise([command] * processes, environments, grace)
+    return supervise([command] * processes, environments, grace, cores)
 
 
-def supervise(commands, environments=None, grace=10.0):
-    """Run each argv of `commands` as process i (with environments[i], default this process's), as run_processes
-    does: process 0's output shown, the others' last lines if they fail, all stopped when one fails. Returns the
-    exit code: 0, or the first failing process's."""
+def supervise(commands, environments=None, grace=10.0, cores=None):
+    """Run each argv of `commands` as process i (with environments[i], default this process's; pinned to cores[i]
+    if given, before it starts, so that its thread pools size themselves to them), as run_processes does: process
+    0's output shown, the others' last lines if they fail, all stopped when one fails. Returns the exit code: 0, or
+    the first failing process's."""
     processes = len(commands)
     environments = environments or [dict(os.environ)] * processes
     running, logs = [], []
@@ -483,7 +496,9 @@ def supervise(commands, environments=None, grace=10.0):
         for i, (command, env) in enumerate(zip(commands, environments)):
             log = None if i == 0 else tempfile.TemporaryFile()
             logs.append(log)
-            running.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT if log else None))
+            pin = functools.partial(os.sched_setaffinity, 0, cores[i]) if cores else None
+            running.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
+                                            preexec_fn=pin))
         failed = None
         while failed is None and any(p.poll() is None for p in running):
             failed = next((i for i, p in enumerate(running) if p.poll() not in (None, 0)), None)

@@ -130,6 +130,8 @@ class StepTimer(keras.callbacks.Callback):
         self.skip, self.start, self.end = skip, None, None
 
     def on_train_batch_end(self, batch, logs=None):
+        for value in (logs or {}).values():  # wait for the step: JAX dispatches steps asynchronously
+            keras.ops.convert_to_numpy(value)
         if batch + 1 == self.skip:
             self.start = time.perf_counter()
         self.end = time.perf_counter()

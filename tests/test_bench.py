@@ -1,4 +1,7 @@
 import json
+import os
+
+import pytest
 
 from cifar_keras import cli, report
 
@@ -21,3 +24,29 @@ def test_bench_measures_each_combination_and_records_it(tmp_path, capsys):
 def test_bench_rejects_unknown_backend(capsys):
     assert cli.main(["bench", "--backends", "tensorflow,mxnet"]) == 2
     assert "--backends: unknown mxnet" in capsys.readouterr().err
+
+
+def test_bench_processes_splits_the_cores_and_counts_the_gradient_exchange(tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores")
+    out = tmp_path / "processes.json"
+    argv = ["bench", "mlp", "--processes", "1x1,2x1", "--batch-size", "32", "--steps", "3", "--warmup", "1",
+            "--output", str(out)]
+    assert cli.main(argv) == 0
+    record = json.loads(out.read_text())
+    assert record["kind"] == "bench_processes" and record["backend"] == "jax"
+    one, two = record["results"]
+    assert (one["layout"], one["processes"], one["devices"], one["global_batch_size"]) == ("1x1", 1, 1, 32)
+    assert (two["layout"], two["processes"], two["devices"], two["global_batch_size"]) == ("2x1", 2, 2, 64)
+    assert one["train_images_per_s"] > 0 and two["train_images_per_s"] > 0
+    # Two processes must exchange at least the gradients every step (an all-reduce moves each process's copy
+    # out once); one process alone has nothing to exchange.
+    assert two["network_bytes_sent_per_step"] >= 0.9 * two["trainable_bytes"]
+    assert one["network_bytes_sent_per_step"] < 0.1 * one["trainable_bytes"]
+
+
+@pytest.mark.parametrize("text, message", [("2", "not PROCESSESxCORES"), ("0x1", "at least 1 process"),
+                                           ("64x64", "need 4096 cores"), (",", "at least one layout")])
+def test_bench_processes_rejects_bad_layouts(text, message, capsys):
+    assert cli.main(["bench", "--processes", text]) == 2
+    assert message in capsys.readouterr().err

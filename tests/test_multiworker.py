@@ -354,3 +354,22 @@ def test_two_processes_train_as_one_resume_and_write_one_record(tmp_path, data_r
 
     saved = evaluate_model(keras.saving.load_model(out / "mlp.keras"), val_split, load(data_root).fine_to_coarse())
     assert record["val"]["top1"] == record["val"]["top1_float32"] == round(saved["top1"], 2)
+
+
+def test_supervise_pins_each_process_to_its_cores_before_it_starts(tmp_path):
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        pytest.skip("needs 2 cores")
+    shares = multiworker.core_shares(2, 1)
+    assert shares == [available[:1], available[1:2]]
+    script = "import os, sys; open(sys.argv[1], 'w').write(repr(sorted(os.sched_getaffinity(0))))"
+    commands = [[sys.executable, "-c", script, str(tmp_path / f"cores{i}")] for i in range(2)]
+    assert multiworker.supervise(commands, cores=shares) == 0
+    assert [eval((tmp_path / f"cores{i}").read_text()) for i in range(2)] == shares
+    with pytest.raises(UserError, match=f"need {2 * (len(available) + 1)} cores; this machine gives"):
+        multiworker.core_shares(2, len(available) + 1)
+
+
+def test_launch_pins_only_fit_processes(capsys):
+    assert cli.main(["launch", "--workers", "1", "--cores-per-process", "1", "--", "tune", "mlp"]) == 2
+    assert "--cores-per-process is for fit" in capsys.readouterr().err
