@@ -396,7 +396,8 @@ def train(plan, train_split, val_split, scope, extra_callbacks=()):
         callbacks = [c for c in callbacks if isinstance(c, (EpochTimer, keras.callbacks.ModelCheckpoint,
                                                             keras.callbacks.BackupAndRestore))]
     if config.patience:
-        callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=config.patience))
+        finished = records.read_log(paths["log"]) if plan.first_epoch and paths["log"].exists() else []
+        callbacks.append(ResumedEarlyStopping(config.patience, [row["val_accuracy"] for row in finished]))
     average = WeightAverage(config.ema)
     if config.ema and plan.primary:
         callbacks.append(average)
@@ -409,6 +410,21 @@ def train(plan, train_split, val_split, scope, extra_callbacks=()):
                   shuffle=False)
     model.load_weights(paths["best"])
     return model, (average.weights if config.ema and plan.primary else None)
+
+
+class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping on validation top-1 that carries on counting across a resume: its best score and the epochs
+    since then start from `history`, the validation top-1 of the epochs already finished."""
+
+    def __init__(self, patience, history=()):
+        super().__init__("val_accuracy", mode="max", patience=patience)
+        self.history = list(history)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.history:
+            best = int(np.argmax(self.history))
+            self.best, self.wait = self.history[best], len(self.history) - 1 - best
 
 
 def float32_copy(config, weights):

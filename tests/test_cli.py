@@ -226,6 +226,24 @@ def test_patience_stops_a_run_that_stopped_improving(patience, epochs_run, data_
     assert record["epochs"] == epochs_run
 
 
+def test_patience_counts_the_epochs_before_a_resume(data_root, tmp_path):
+    """Best at epoch 0, interrupted after epoch 1: with patience 2 the resumed run stops after epoch 2 (a fresh
+    count would run to epoch 4)."""
+    config = make_config("mlp", epochs=5, patience=2, **TINY_MLP)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Stop(1)])
+    log = tmp_path / "mlp.log.csv"
+    rows = read_log(log)
+    assert len(rows) == 2
+    rows[0]["val_accuracy"], rows[1]["val_accuracy"] = "0.9", "0.5"
+    with open(log, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    record = train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[FlatValidation()])
+    assert record["resumed"] and record["epochs"] == 3
+
+
 def test_fit_tta_saves_the_flip_averaged_model_and_states_its_cost(data_root, tmp_path):
     from cifar_keras import models
 
