@@ -8,7 +8,7 @@ then timed steps of `fit`, and a timed pass of the input pipeline alone.
 SavedModel, ONNX, LiteRT, OpenVINO; float32, int8, bfloat16), each in its own process with its
 own runtime: batch-1 latency (median, p99) and large-batch throughput.
 
-`bench --processes 1x2,2x1`: this machine's cores used by one process or split between several
+`bench --layouts 1x2,2x1`: this machine's cores used by one process or split between several
 processes of one cluster (JAX's distributed runtime, as `fit --distribute multiworker`), each
 process pinned to its own cores: training images/s of the whole cluster, and the network bytes
 this machine sends per step (all interfaces, loopback included: on one machine, the processes'
@@ -26,24 +26,28 @@ BACKENDS = ("tensorflow", "jax", "torch")
 PRECISIONS = ("float32", "bfloat16")
 
 
+def synthetic_split(n):
+    """`n` random images and labels, the same in every process (seeded)."""
+    from cifar_keras.data import Split
+
+    rng = np.random.default_rng(0)
+    return Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, n), np.zeros(n, int))
+
+
 def measure(model_name, precision, batch_size, steps, warmup):
     """Images/s of fit() steps and of the pipeline alone, in this process's backend."""
     import keras
 
     from cifar_keras.config import make_config
-    from cifar_keras.data import Split
     from cifar_keras.runtime import resolve_precision
     from cifar_keras.train import build_compiled, pipeline_throughput, train_throughput, training_data
 
     policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    n = batch_size * (steps + warmup)
-    split = Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, n), np.zeros(n, int))
     config = make_config(model_name, batch_size=batch_size, epochs=1)
     model = build_compiled(config, steps + warmup)
-    dataset = training_data(split, config, batch_size)
+    dataset = training_data(synthetic_split(batch_size * (steps + warmup)), config, batch_size)
     images_per_s = train_throughput(model, dataset, batch_size, steps, warmup)
     return {"backend": keras.backend.backend(), "precision": policy,
             "train_images_per_s": round(images_per_s, 1),
@@ -70,7 +74,7 @@ def run(model_name="cnn", backends=BACKENDS, precisions=PRECISIONS, batch_size=2
     return results
 
 
-# --- bench --processes: one machine's cores as one process or as a cluster ------------------------
+# --- bench --layouts: one machine's cores as one process or as a cluster ------------------------
 
 def parse_layouts(text):
     """[(processes, cores per process), ...] from 'PxC,PxC' (e.g. '1x2,2x1'), checked against this machine's cores."""
@@ -82,16 +86,16 @@ def parse_layouts(text):
         try:
             processes, cores = (int(v) for v in item.lower().split("x"))
         except ValueError:
-            raise UserError(f"--processes: '{item}' is not PROCESSESxCORES (e.g. 1x2,2x1)") from None
+            raise UserError(f"--layouts: '{item}' is not PROCESSESxCORES (e.g. 1x2,2x1)") from None
         if processes < 1 or cores < 1:
-            raise UserError(f"--processes: '{item}' needs at least 1 process and 1 core each")
+            raise UserError(f"--layouts: '{item}' needs at least 1 process and 1 core each")
         try:
             core_shares(processes, cores)
         except UserError as e:
-            raise UserError(f"--processes: {e}") from None
+            raise UserError(f"--layouts: {e}") from None
         layouts.append((processes, cores))
     if not layouts:
-        raise UserError("--processes: give at least one layout, e.g. 1x2,2x1")
+        raise UserError("--layouts: give at least one layout, e.g. 1x2,2x1")
     return layouts
 
 
@@ -102,52 +106,48 @@ def network_bytes_sent():
 
 
 def measure_cluster(model_name, batch_size, steps, warmup, result_file):
-    """In each process of a cluster (Keras' KERAS_DISTRIBUTION_* variables; one process alone without them):
-    fit() steps of MODEL with `batch_size` images per process, DataParallel over every process's device. Process 0
-    writes the cluster's images/s and the machine's network bytes sent per step to `result_file`."""
+    """In each process of a cluster (Keras' KERAS_DISTRIBUTION_* variables; one process alone when they say 1):
+    float32 fit() steps of MODEL with `batch_size` images per process, DataParallel over every process's device.
+    Process 0 writes the cluster's images/s and the machine's network bytes sent per step to `result_file`."""
     from cifar_keras import multiworker
 
     processes = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1"))
-    if processes > 1:
-        team = multiworker.join_cluster(multiworker.resolve_cluster())
+    team = multiworker.join_cluster(multiworker.resolve_cluster()) if processes > 1 else multiworker.Team()
+    import jax
     import keras
 
     from cifar_keras import runtime
     from cifar_keras.config import make_config
-    from cifar_keras.data import Split
-    from cifar_keras.train import StepTimer, build_compiled, training_data
+    from cifar_keras.train import StepTimer, build_compiled, train_throughput, training_data
 
     class NetworkTimer(StepTimer):
+        """A StepTimer that also reads the machine's bytes sent where the timed steps start and end."""
+
         def on_train_batch_end(self, batch, logs=None):
             super().on_train_batch_end(batch, logs)
             if batch + 1 == self.skip:
                 self.sent_start = network_bytes_sent()
             self.sent_end = network_bytes_sent()
 
+    keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(0)
     with runtime.data_parallel("multiworker" if processes > 1 else "none") as (scope, replicas):
         global_batch = batch_size * replicas
-        rng = np.random.default_rng(0)  # the same synthetic images in every process
-        n = global_batch * (steps + warmup)
-        split = Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, n),
-                      np.zeros(n, int))
         config = make_config(model_name, batch_size=batch_size, epochs=1)
         with scope():
             model = build_compiled(config, steps + warmup)
         timer = NetworkTimer(warmup)
-        model.fit(training_data(split, config, global_batch), epochs=1, verbose=0, callbacks=[timer])
-    elapsed = timer.end - timer.start
-    result = {"processes": processes, "devices": replicas, "global_batch_size": global_batch,
-              "train_images_per_s": round(global_batch * steps / elapsed, 1),
-              "step_ms": round(1000 * elapsed / steps, 1),
+        dataset = training_data(synthetic_split(global_batch * (steps + warmup)), config, global_batch)
+        images_per_s = train_throughput(model, dataset, global_batch, steps, warmup, timer)
+    result = {"processes": processes, "devices": replicas, "global_batch_size": global_batch, "precision": "float32",
+              "train_images_per_s": round(images_per_s, 1), "step_ms": round(1000 * global_batch / images_per_s, 1),
               "network_bytes_sent_per_step": round((timer.sent_end - timer.sent_start) / steps),
               "parameters": int(model.count_params()),
-              "trainable_bytes": int(sum(v.numpy().nbytes for v in model.trainable_variables))}
-    if processes == 1 or team.primary:
+              "trainable_bytes": int(sum(v.numpy().nbytes for v in model.trainable_variables)), "jax": jax.__version__}
+    if team.primary:
         with open(result_file, "w") as f:
             json.dump(result, f)
-    if processes > 1:
-        team.leave()
+    team.leave()
 
 
 def run_processes_bench(model_name="cnn", layouts=((1, 2), (2, 1)), batch_size=256, steps=10, warmup=3):
@@ -166,6 +166,7 @@ def run_processes_bench(model_name="cnn", layouts=((1, 2), (2, 1)), batch_size=2
             command = [sys.executable, "-m", "cifar_keras.bench", "--cluster", model_name, str(batch_size),
                        str(steps), str(warmup), result_file]
             env = {**os.environ, "KERAS_BACKEND": "jax"}
+            env.pop("XLA_FLAGS", None)  # one CPU device per process
             code = multiworker.run_processes(command, processes, env, cores_per_process=cores)
             layout = {"layout": f"{processes}x{cores}", "cores_per_process": cores}
             if code == 0 and os.path.exists(result_file):
@@ -178,7 +179,7 @@ def run_processes_bench(model_name="cnn", layouts=((1, 2), (2, 1)), batch_size=2
 
 
 def processes_table(record):
-    """Markdown table of a bench --processes record."""
+    """Markdown table of a bench --layouts record."""
     rows = ["| processes x cores | global batch | training images/s | step | network bytes sent per step |",
             "|---|---:|---:|---:|---:|"]
     for r in record["results"]:
@@ -329,8 +330,16 @@ def inference_table(record):
 
 if __name__ == "__main__":
     if sys.argv[1] == "--cluster":
+        from cifar_keras import multiworker
+        from cifar_keras.errors import UserError
+
         name, batch, steps, warmup, result_file = sys.argv[2:7]
-        measure_cluster(name, int(batch), int(steps), int(warmup), result_file)
+        try:
+            measure_cluster(name, int(batch), int(steps), int(warmup), result_file)
+        except BaseException as e:  # one line, and out at once: not at JAX's shutdown barrier, waiting for the others
+            message = multiworker.explain(e) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(multiworker.abandon(2 if isinstance(e, UserError) else 1)) from None
     elif sys.argv[1] == "--inference":
         path, precision, batch, steps, warmup, latency_runs, threads = sys.argv[2:9]
         print(json.dumps(time_inference(path, precision, int(batch), int(steps), int(warmup), int(latency_runs),

@@ -582,7 +582,7 @@ def run_predict(args, argv):
 
 def add_bench_parser(sub):
     parser = sub.add_parser("bench", help="CNN training throughput per Keras backend and precision (--inference: "
-                            "inference per deployment format and precision)",
+                            "inference per deployment format and precision; --layouts: one process or several)",
                             description="Time fit() steps of MODEL on each Keras backend with and without mixed "
                             "precision, one subprocess each, side by side; write the run record OUTPUT. With "
                             "--inference: export the trained MODEL (saved_models/MODEL.keras) to every format, then "
@@ -599,13 +599,14 @@ def add_bench_parser(sub):
     parser.add_argument("--warmup", type=positive_int, default=3,
                         help="untimed steps (calls of each batch size) first, for compilation (default 3)")
     parser.add_argument("--output", help="run record (default: saved_models/bench.json, with --inference "
-                        "saved_models/inference.json)")
-    cluster = parser.add_argument_group("one machine's cores in several processes (--processes)")
-    cluster.add_argument("--processes", metavar="PxC,PxC",
-                         help="instead of the backends: for each layout, P processes of one JAX cluster (as fit "
-                         "--distribute multiworker) with C cores each, BATCH_SIZE images per process; time fit() "
-                         "steps and count the network bytes this machine sends per step (e.g. 1x2,2x1; default "
-                         "record saved_models/processes.json)")
+                        "saved_models/inference.json, with --layouts saved_models/processes.json)")
+    cluster = parser.add_argument_group("one machine's cores in one process or several (--layouts)")
+    cluster.add_argument("--layouts", metavar="PxC,PxC",
+                         help="instead of the backends and precisions: for each layout, P processes of one JAX "
+                         "cluster (as `launch --processes P --cores-per-process C -- fit MODEL`), each pinned to its "
+                         "own C cores, BATCH_SIZE images per process, float32; time fit() steps and count the network "
+                         "bytes this machine sends per step (e.g. 1x2,2x1: both cores in one process, or one core "
+                         "in each of two)")
     inference = parser.add_argument_group("inference (--inference)")
     inference.add_argument("--inference", action="store_true",
                            help="time inference of the trained model per format and precision instead of training")
@@ -651,7 +652,7 @@ def run_bench_inference(args, argv):
 def run_bench_processes(args, argv):
     from cifar_keras import bench, records, runtime
 
-    layouts = bench.parse_layouts(args.processes)
+    layouts = bench.parse_layouts(args.layouts)
     results = bench.run_processes_bench(args.model, layouts, args.batch_size, args.steps, args.warmup)
     record = {"kind": "bench_processes", "model": args.model, "command": command_line(argv),
               "batch_size_per_process": args.batch_size, "steps": args.steps, "warmup": args.warmup,
@@ -668,7 +669,7 @@ def run_bench(args, argv):
 
     if args.inference:
         return run_bench_inference(args, argv)
-    if args.processes:
+    if args.layouts:
         return run_bench_processes(args, argv)
     backends = comma_list("--backends", args.backends, bench.BACKENDS)
     precisions = comma_list("--precisions", args.precisions or "float32,bfloat16", bench.PRECISIONS)

@@ -459,9 +459,14 @@ def _exit_code(returncode):
     return 128 - returncode if returncode < 0 else returncode
 
 
+PIN_AND_EXEC = "import os, sys; os.sched_setaffinity(0, {cores}); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
 def core_shares(processes, cores_per_process):
-    """Disjoint sets of `cores_per_process` of this process's cores, one per process (Linux), or a one-line error
-    when there are not enough."""
+    """Disjoint sets of `cores_per_process` of this process's logical CPUs, in number order, one per process, or a
+    one-line error when there are not enough (or no way to pin: Linux only)."""
+    if not hasattr(os, "sched_getaffinity"):
+        raise UserError("pinning processes to cores needs Linux (os.sched_setaffinity)")
     available = sorted(os.sched_getaffinity(0))
     if processes * cores_per_process > len(available):
         raise UserError(f"{processes} processes x {cores_per_process} cores need {processes * cores_per_process} "
@@ -496,9 +501,9 @@ def supervise(commands, environments=None, grace=10.0, cores=None):
         for i, (command, env) in enumerate(zip(commands, environments)):
             log = None if i == 0 else tempfile.TemporaryFile()
             logs.append(log)
-            pin = functools.partial(os.sched_setaffinity, 0, cores[i]) if cores else None
-            running.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
-                                            preexec_fn=pin))
+            if cores:  # pinned by a small Python that then becomes the command (preexec_fn is unsafe with threads)
+                command = [sys.executable, "-c", PIN_AND_EXEC.format(cores=list(cores[i])), *command]
+            running.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT if log else None))
         failed = None
         while failed is None and any(p.poll() is None for p in running):
             failed = next((i for i, p in enumerate(running) if p.poll() not in (None, 0)), None)

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from cifar_keras import calibrate, data, flops, models, multiworker, records, runtime
+from cifar_keras.config import upgrade
 from cifar_keras.errors import UserError
 from cifar_keras.evaluate import evaluate_model, metrics
 from cifar_keras.pipeline import make_dataset, padded_dataset, train_batches
@@ -129,19 +130,20 @@ class StepTimer(keras.callbacks.Callback):
         super().__init__()
         self.skip, self.start, self.end = skip, None, None
 
+    # Keras hands a callback that overrides on_train_batch_end logs converted to Python floats, which waits for each
+    # step to finish (JAX dispatches steps asynchronously).
     def on_train_batch_end(self, batch, logs=None):
-        for value in (logs or {}).values():  # wait for the step: JAX dispatches steps asynchronously
-            keras.ops.convert_to_numpy(value)
         if batch + 1 == self.skip:
             self.start = time.perf_counter()
         self.end = time.perf_counter()
 
 
-def train_throughput(model, dataset, batch_size, steps=5, warmup=2):
-    """Images/s of fit() steps of a compiled model, timed after `warmup` untimed steps (compilation).
-    The steps train `model`: time a throw-away copy when the run itself must not be affected."""
+def train_throughput(model, dataset, batch_size, steps=5, warmup=2, timer=None):
+    """Images/s of fit() steps of a compiled model, timed after `warmup` untimed steps (compilation) by `timer`
+    (default: a StepTimer(warmup)). The steps train `model`: time a throw-away copy when the run itself must not be
+    affected."""
     dataset = dataset.repeat()  # a small split may hold fewer batches than warm-up plus timed steps
-    timer = StepTimer(warmup)
+    timer = timer or StepTimer(warmup)
     model.fit(dataset.take(warmup + steps), epochs=1, verbose=0, shuffle=False, callbacks=[timer])
     return batch_size * steps / (timer.end - timer.start)
 
@@ -304,7 +306,8 @@ def prepare_run_folder(output_dir, name, config):
     paths = run_paths(output_dir, name)
     done = finished_epochs(paths["backup"])
     saved = paths["best"].parent / "config.json"
-    if done and saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(config.to_dict())):
+    # Options added since the interrupted run started ran at their defaults there (config.upgrade).
+    if done and saved.exists() and upgrade(json.loads(saved.read_text())) != json.loads(json.dumps(config.to_dict())):
         raise UserError(f"{saved.parent}: an interrupted run of '{name}' with another config is there; rerun it "
                         "with its own options to resume it, or delete that folder (or use another --name)")
     if done == 0:

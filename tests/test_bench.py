@@ -26,11 +26,14 @@ def test_bench_rejects_unknown_backend(capsys):
     assert "--backends: unknown mxnet" in capsys.readouterr().err
 
 
-def test_bench_processes_splits_the_cores_and_counts_the_gradient_exchange(tmp_path):
+@pytest.mark.slow
+def test_bench_layouts_split_the_cores_and_count_the_gradient_exchange(tmp_path, monkeypatch):
+    pytest.importorskip("jax")
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 cores")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")  # bench must clear it
     out = tmp_path / "processes.json"
-    argv = ["bench", "mlp", "--processes", "1x1,2x1", "--batch-size", "32", "--steps", "3", "--warmup", "1",
+    argv = ["bench", "mlp", "--layouts", "1x1,2x1", "--batch-size", "32", "--steps", "3", "--warmup", "1",
             "--output", str(out)]
     assert cli.main(argv) == 0
     record = json.loads(out.read_text())
@@ -47,6 +50,6 @@ def test_bench_processes_splits_the_cores_and_counts_the_gradient_exchange(tmp_p
 
 @pytest.mark.parametrize("text, message", [("2", "not PROCESSESxCORES"), ("0x1", "at least 1 process"),
                                            ("64x64", "need 4096 cores"), (",", "at least one layout")])
-def test_bench_processes_rejects_bad_layouts(text, message, capsys):
-    assert cli.main(["bench", "--processes", text]) == 2
+def test_bench_rejects_bad_layouts(text, message, capsys):
+    assert cli.main(["bench", "--layouts", text]) == 2
     assert message in capsys.readouterr().err

@@ -403,6 +403,18 @@ def test_a_run_resumes_only_with_its_own_config(data_root, tmp_path, capsys):
     assert train.fit(config, data_dir=data_root, output_dir=tmp_path)["resumed"] is True  # its own config resumes
 
 
+def test_a_run_interrupted_before_an_option_existed_resumes(data_root, tmp_path):
+    """A run saved by older code lacks options added since, which it ran at their defaults: it still resumes."""
+    config = make_config("mlp", epochs=2, **TINY_MLP)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Stop(0)])
+    saved = tmp_path / ".work" / "mlp" / "config.json"
+    older = json.loads(saved.read_text())
+    del older["noise"]
+    saved.write_text(json.dumps(older))
+    assert train.fit(config, data_dir=data_root, output_dir=tmp_path)["resumed"] is True
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--time-budget", "inf"], "must be a finite number"),
     (["--lr", "nan"], "must be a finite number"),
