@@ -18,26 +18,30 @@ NOT_RECIPE = {"hparams_file", "test_set", "tta", "tta_translate", "time_budget"}
 
 
 PREVIOUS = "previous"  # records of models a newer recipe replaced: shown as previous/NAME
+# Full runs that are not today's models, each in a subfolder shown as FOLDER/NAME: replaced recipes, and
+# robust-training candidates that were not adopted.
+SIDE_FOLDERS = (PREVIOUS, "robust")
 
 
 def fit_records(folder):
-    """(path, record, label) of every fit run record with a test score in `folder` and its previous/."""
-    for sub, prefix in ((Path(folder), ""), (Path(folder) / PREVIOUS, f"{PREVIOUS}/")):
+    """(path, record, label) of every fit run record with a test score in `folder` and its SIDE_FOLDERS."""
+    for sub, prefix in ((Path(folder), ""), *((Path(folder) / side, f"{side}/") for side in SIDE_FOLDERS)):
         for path in sorted(sub.glob("*.json")):
             record = records.read(path)
             if not isinstance(record, dict) or record.get("kind") != "fit" or record.get("test", {}) is None:
                 continue  # fit records without a test score are recipe studies (see ablation_table)
-            yield path, record, prefix + str(record.get("name"))
+            yield path, record, prefix + (path.stem if prefix else str(record.get("name")))
 
 
 def load_fit_records(folder):
-    """Table rows of every fit run record in `folder` (and its previous/), the MLP baseline first."""
+    """Table rows of every fit run record in `folder` (and its SIDE_FOLDERS), the MLP baseline first."""
     found = []
     for path, record, label in fit_records(folder):
         try:
             row = (f"`{label}`", *table_row(record)[1:])
-            if label.startswith(f"{PREVIOUS}/"):  # rerunning it must not overwrite today's model
-                row = (*row[:-1], f"`{reproducing_command(record)} --output-dir {path.parent.as_posix()}`")
+            if "/" in label:  # rerunning it must not overwrite today's model
+                name = f" --name {path.stem}" if path.stem != record.get("name") else ""
+                row = (*row[:-1], f"`{reproducing_command(record)} --output-dir {path.parent.as_posix()}{name}`")
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}: malformed run record ({type(e).__name__}: {e})") from None
         found.append((record["model"] != "mlp", label, row))
@@ -363,17 +367,17 @@ def corruption_figure(records_dir, path):
 
 
 def compute_points(records_dir):
-    """Top-1 against training compute of every fit run in `records_dir` and its previous/, ablations/ and study/."""
+    """Top-1 against training compute of every fit run in `records_dir`, its SIDE_FOLDERS, ablations/ and study/."""
     points = []
-    for folder in (Path(records_dir), Path(records_dir) / PREVIOUS, Path(records_dir) / "ablations",
-                   Path(records_dir) / "study"):
+    for folder in (Path(records_dir), *(Path(records_dir) / side for side in SIDE_FOLDERS),
+                   Path(records_dir) / "ablations", Path(records_dir) / "study"):
         for path in sorted(folder.glob("*.json")):
             record = records.read(path)
             if not isinstance(record, dict) or record.get("kind") != "fit":
                 continue
             try:
                 test = record.get("test")
-                label = f"{PREVIOUS}/{record['name']}" if folder.name == PREVIOUS else record["name"]
+                label = f"{folder.name}/{path.stem}" if folder.name in SIDE_FOLDERS else record["name"]
                 points.append({"name": label, "pflop": training_compute(record)["training_flops"] / 1e15,
                                "top1": float((test or record["val"])["top1"]), "test": bool(test),
                                "flip_tta": record.get("val", {}).get("top1_flip_tta")})

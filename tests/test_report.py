@@ -282,3 +282,15 @@ def test_replaced_models_stay_in_the_table_as_previous(project):
     assert [row.split(" | ")[0] for row in rows] == ["| `mlp`", "| `cnn`", "| `previous/cnn`"]
     assert "**70.16 %**" in rows[2] and "**71.25 %**" in rows[1]
     assert [p["name"] for p in report.compute_points(records)].count("previous/cnn") == 1
+
+
+def test_candidates_that_were_not_adopted_show_under_their_folder_and_file_name(project):
+    readme, records = project
+    (records / "robust").mkdir()
+    (records / "robust" / "cnn_noise.json").write_text(json.dumps(fit_record("cnn", "cnn", 70.2, 85)))
+    report.update_readme(readme, records)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| `")]
+    assert [row.split(" | ")[0] for row in rows] == ["| `mlp`", "| `cnn`", "| `robust/cnn_noise`"]
+    # Its command writes it back where it is, under its own name, not over today's cnn.
+    assert rows[2].endswith(f"--output-dir {(records / 'robust').as_posix()} --name cnn_noise` |")
+    assert "robust/cnn_noise" in [p["name"] for p in report.compute_points(records)]
