@@ -2,6 +2,7 @@
 
 import functools
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -40,8 +41,7 @@ def load_fit_records(folder):
         try:
             row = (f"`{label}`", *table_row(record)[1:])
             if "/" in label:  # rerunning it must not overwrite today's model
-                name = f" --name {path.stem}" if path.stem != record.get("name") else ""
-                row = (*row[:-1], f"`{reproducing_command(record)} --output-dir {path.parent.as_posix()}{name}`")
+                row = (*row[:-1], f"`{writing_to(record, path)}`")
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}: malformed run record ({type(e).__name__}: {e})") from None
         found.append((record["model"] != "mlp", label, row))
@@ -140,6 +140,14 @@ def reproducing_command(record):
         elif flag not in command.split():
             command += f" {flag} {value}"
     return command
+
+
+def writing_to(record, path):
+    """The record's reproducing command with its output options set to write it at `path` (where it is
+    committed now), so that rerunning it neither overwrites another model nor writes outside the repository."""
+    command = re.sub(r" --(output-dir|name) \S+", "", reproducing_command(record))
+    name = f" --name {path.stem}" if path.stem != record["model"] else ""  # fit's default name is the model's
+    return f"{command} --output-dir {path.parent.as_posix()}{name}"
 
 
 def results_table(rows):
@@ -288,7 +296,7 @@ def ablation_table(folder, reference, title):
                          f"{float(record['train_wall_time_s']) / 60:.1f} min | "
                          f"{float(record['throughput']['train_images_per_s']):.0f} | {record['precision']} | "
                          f"{tta} | {format_training_flops(training_compute(record)['training_flops'])} | "
-                         f"{machine(record['hardware'])} | `{reproducing_command(record)}` |")
+                         f"{machine(record['hardware'])} | `{writing_to(record, path)}` |")
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}: malformed run record or log ({type(e).__name__}: {e})") from None
     head = [f"{title}. Runs in `{folder.as_posix()}/`: {base['train_images']} training images, scored on "
