@@ -18,6 +18,17 @@ COLUMNS = ("Model", "Params", "Test top-1", "Test top-5", "Superclass", "Epochs"
 NOT_RECIPE = {"hparams_file", "test_set", "tta", "tta_translate", "time_budget"}
 
 
+# Recipe comparisons on validation: (folder in saved_models/, its reference run, the table's title).
+ABLATION_TABLES = (
+    ("ablations", "reference", "Small-scale recipe ablations of `cnn` (4,000 training images, 8 epochs: too small "
+                               "to guide the full recipe; kept for the record)"),
+    ("study", "ref_e7", "Recipe study of `cnn` on the full training set (45,000 images; each candidate against the "
+                        "reference at equal training compute)"),
+    ("study/muon_lr", "sgd_lr0.2", "Learning-rate screening of Muon (`--optimizer muon`) against the recipe's SGD "
+                                   "(10,000 training images, 3 epochs: only to pick Muon's learning rate for the "
+                                   "full-scale run)"),
+)
+
 PREVIOUS = "previous"  # records of models a newer recipe replaced: shown as previous/NAME
 # Full runs that are not today's models, each in a subfolder shown as FOLDER/NAME: replaced recipes, and
 # robust-training candidates that were not adopted.
@@ -444,12 +455,8 @@ def update_readme(readme, records_dir, analysis=None):
 
         benches.append(inference_table(records.read(Path(records_dir) / "inference.json")))
     sections = [results_table(load_fit_records(records_dir)), *benches, corruption_table(records_dir),
-                ablation_table(Path(records_dir) / "ablations", "reference",
-                               "Small-scale recipe ablations of `cnn` (4,000 training images, 8 epochs: too small "
-                               "to guide the full recipe; kept for the record)"),
-                ablation_table(Path(records_dir) / "study", "ref_e7",
-                               "Recipe study of `cnn` on the full training set (45,000 images; each candidate "
-                               "against the reference at equal training compute)"),
+                *(ablation_table(Path(records_dir) / folder, reference, title)
+                  for folder, reference, title in ABLATION_TABLES),
                 f"Hyperparameter searches (`tuning/`):\n\n{tuning}" if tuning else "", analysis]
     body = "\n\n".join(section for section in sections if section)
     new = f"{head}{BEGIN}\n{body}\n{END}{tail}"

@@ -225,6 +225,20 @@ def test_study_table_uses_its_reference_and_shows_flip_tta(project):
     assert "| 62.50 % | 1.05 PFLOP | Test CPU (2 cores) | `" in rows[1]
 
 
+def test_a_screening_subfolder_gets_its_own_table(project):
+    readme, records = project
+    (records / "study").mkdir()
+    (records / "study" / "ref_e7.json").write_text(json.dumps(ablation_record("ref_e7", 60.0)))
+    screening = records / "study" / "muon_lr"
+    screening.mkdir()
+    (screening / "sgd_lr0.2.json").write_text(json.dumps(ablation_record("sgd_lr0.2", 20.0)))
+    (screening / "muon.json").write_text(json.dumps(ablation_record("muon", 23.5, optimizer="muon")))
+    report.update_readme(readme, records)
+    tables = readme.read_text().split("Learning-rate screening")
+    assert len(tables) == 2 and "| `muon` |" not in tables[0]  # not in the full-scale study's table
+    assert "| `muon` | optimizer=muon | 23.50 % | +3.50 |" in tables[1]
+
+
 def test_accuracy_vs_compute_figure(tmp_path):
     from PIL import Image
 
