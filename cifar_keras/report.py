@@ -287,8 +287,9 @@ def ablation_table(folder, reference, title):
     folder = Path(folder)
     paths = sorted(folder.glob("*.json"))
     logs = epoch_logs(folder)
-    runs = {path: records.read(path) for path in paths}
-    base = next((r for r in runs.values() if isinstance(r, dict) and r.get("name") == reference), None)
+    runs = {path: record for path in paths  # fit records; evaluate records beside them are extra scores of a run
+            if isinstance(record := records.read(path), dict) and record.get("kind") == "fit"}
+    base = next((r for r in runs.values() if r.get("name") == reference), None)
     if base is None:
         return ""
     lines = []

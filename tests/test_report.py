@@ -233,6 +233,7 @@ def test_a_screening_subfolder_gets_its_own_table(project):
     screening.mkdir()
     (screening / "sgd_lr0.2.json").write_text(json.dumps(ablation_record("sgd_lr0.2", 20.0)))
     (screening / "muon.json").write_text(json.dumps(ablation_record("muon", 23.5, optimizer="muon")))
+    (screening / "muon_val_tta.json").write_text(json.dumps({"kind": "evaluate", "top1": 24.0}))  # not a row
     report.update_readme(readme, records)
     tables = readme.read_text().split("Learning-rate screening")
     assert len(tables) == 2 and "| `muon` |" not in tables[0]  # not in the full-scale study's table
