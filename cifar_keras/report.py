@@ -387,10 +387,10 @@ def corruption_figure(records_dir, path):
 
 
 def compute_points(records_dir):
-    """Top-1 against training compute of every fit run in `records_dir`, its SIDE_FOLDERS, ablations/ and study/."""
+    """Top-1 against training compute of every fit run in `records_dir`, its SIDE_FOLDERS and ABLATION_TABLES."""
     points = []
     for folder in (Path(records_dir), *(Path(records_dir) / side for side in SIDE_FOLDERS),
-                   Path(records_dir) / "ablations", Path(records_dir) / "study"):
+                   *(Path(records_dir) / folder for folder, *_ in ABLATION_TABLES)):
         for path in sorted(folder.glob("*.json")):
             record = records.read(path)
             if not isinstance(record, dict) or record.get("kind") != "fit":
