@@ -35,12 +35,17 @@ PREVIOUS = "previous"  # records of models a newer recipe replaced: shown as pre
 SIDE_FOLDERS = (PREVIOUS, "robust")
 
 
+def fit_records_in(folder):
+    """{path: record} of the fit run records directly in `folder` (other records, e.g. evaluate's, may sit beside)."""
+    return {path: record for path in sorted(Path(folder).glob("*.json"))
+            if isinstance(record := records.read(path), dict) and record.get("kind") == "fit"}
+
+
 def fit_records(folder):
     """(path, record, label) of every fit run record with a test score in `folder` and its SIDE_FOLDERS."""
     for sub, prefix in ((Path(folder), ""), *((Path(folder) / side, f"{side}/") for side in SIDE_FOLDERS)):
-        for path in sorted(sub.glob("*.json")):
-            record = records.read(path)
-            if not isinstance(record, dict) or record.get("kind") != "fit" or record.get("test", {}) is None:
+        for path, record in fit_records_in(sub).items():
+            if record.get("test", {}) is None:
                 continue  # fit records without a test score are recipe studies (see ablation_table)
             yield path, record, prefix + (path.stem if prefix else str(record.get("name")))
 
@@ -285,10 +290,8 @@ def last_train_top1(log):
 def ablation_table(folder, reference, title):
     """Validation scores of recipe variants in `folder`, each against the `reference` run's config, or ''."""
     folder = Path(folder)
-    paths = sorted(folder.glob("*.json"))
     logs = epoch_logs(folder)
-    runs = {path: record for path in paths  # fit records; evaluate records beside them are extra scores of a run
-            if isinstance(record := records.read(path), dict) and record.get("kind") == "fit"}
+    runs = fit_records_in(folder)
     base = next((r for r in runs.values() if r.get("name") == reference), None)
     if base is None:
         return ""
@@ -391,10 +394,7 @@ def compute_points(records_dir):
     points = []
     for folder in (Path(records_dir), *(Path(records_dir) / side for side in SIDE_FOLDERS),
                    *(Path(records_dir) / folder for folder, *_ in ABLATION_TABLES)):
-        for path in sorted(folder.glob("*.json")):
-            record = records.read(path)
-            if not isinstance(record, dict) or record.get("kind") != "fit":
-                continue
+        for path, record in fit_records_in(folder).items():
             try:
                 test = record.get("test")
                 label = f"{folder.name}/{path.stem}" if folder.name in SIDE_FOLDERS else record["name"]
