@@ -52,7 +52,7 @@ def conv_bn_relu(x, filters, bn_momentum, name):
 
 
 def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=0.9, logit_scale=0.125,
-        stem="conv", dirac=False, num_classes=NUM_CLASSES):
+        stem="conv", dirac=False, whiten_eps=5e-4, num_classes=NUM_CLASSES):
     """A fast CNN for CPUs, after airbench's layout (Jordan, 2024) and ResNet-9 (Page, 2018).
 
     A narrow stem at full resolution (the 32x32 stage dominates CPU time), then per
@@ -62,11 +62,15 @@ def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=
 
     stem: "conv" (a trained 3x3 conv-BN-ReLU of `stem_width` channels) or "whiten"
     (airbench's frozen 2x2 patch-whitening conv, 24 channels, set from the training
-    images by `whiten_from_data`). dirac: start every stage conv as the identity on its
+    images by `whiten_from_data`; `whiten_eps` is added to the patch covariance's
+    eigenvalues before their inverse square root: the larger, the less the rare
+    high-frequency directions are amplified, and with them pixel noise). dirac: start every stage conv as the identity on its
     first input-many filters (airbench), so a fresh net passes its input through.
     """
     if stem not in ("conv", "whiten"):
         raise ValueError(f"stem must be 'conv' or 'whiten', got {stem!r}")
+    if not whiten_eps > 0:
+        raise ValueError(f"whiten_eps must be > 0, got {whiten_eps!r}")
     inputs = keras.Input((32, 32, 3), name="pixels")
     x = normalise(inputs)
     if stem == "whiten":
@@ -91,6 +95,8 @@ def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=
     model = keras.Model(inputs, classifier(x, num_classes, logit_scale), name="cnn")
     if dirac:
         dirac_init(model)
+    if stem == "whiten":
+        model.whiten_eps = whiten_eps  # read by whiten_from_data; the saved model keeps the set filters
     return model
 
 
@@ -112,13 +118,14 @@ def dirac_init(model):
             layer.kernel.assign(kernel)
 
 
-def whiten_from_data(model, images, eps=5e-4):
+def whiten_from_data(model, images, eps=None):
     """Set a model's frozen `whiten` conv from the 2x2 patches of `images` (uint8, N x 32 x 32 x 3):
     its filters project a normalised patch on the eigenvectors of the patches' covariance,
-    scaled by 1/sqrt(eigenvalue), so its outputs are decorrelated with unit variance. No-op
-    for a model without that layer."""
+    scaled by 1/sqrt(eigenvalue + eps), so its outputs are decorrelated with (nearly) unit variance.
+    eps defaults to the model's `whiten_eps`. No-op for a model without that layer."""
     if "whiten" not in {layer.name for layer in model.layers}:
         return
+    eps = model.whiten_eps if eps is None else eps
     x = (images.astype(np.float32) / 255.0 - np.float32(MEAN)) / np.float32(STD)
     windows = np.lib.stride_tricks.sliding_window_view(x, (2, 2), axis=(1, 2))  # N, 31, 31, C, 2, 2
     patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, WHITEN_DIMS).astype(np.float64)  # kernel order

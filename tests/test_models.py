@@ -100,6 +100,28 @@ def test_whitening_stem_decorrelates_patches_of_the_training_images():
     assert not model.get_layer("whiten").trainable and model.get_layer("whiten").count_params() == 2 * 2 * 3 * 24
 
 
+def test_whiten_eps_caps_how_much_the_whitening_stem_amplifies_pixel_noise():
+    """Noise in the rare high-frequency patch directions is amplified by at most 1/sqrt(whiten_eps)."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(128, 30, (400, 32, 32, 1)) + rng.normal(0, 1, (400, 32, 32, 3))
+    images = np.clip(base + np.roll(base, 1, axis=2), 0, 255).astype(np.uint8)  # smooth: tiny eigenvalues
+    sigma = 2.0  # pixel noise, in 0-255 units
+    noise = rng.normal(0, sigma, (50, 32, 32, 3)).astype(np.float32)
+    clean = images[:50].astype(np.float32)
+    gain = {}
+    for eps in (5e-4, 1e-2):
+        model = models.cnn(widths=(8, 8, 8), stem="whiten", whiten_eps=eps)
+        models.whiten_from_data(model, images)
+        whiten = keras.Model(model.input, model.get_layer("whiten").output)
+        response = whiten.predict(clean + noise, verbose=0) - whiten.predict(clean, verbose=0)
+        input_variance = (sigma / 255 / min(models.STD)) ** 2  # the noise's variance after normalisation (at most)
+        gain[eps] = response[:, :31, :31].var(axis=(0, 1, 2)).max() / input_variance
+    assert gain[1e-2] <= 1.1 / 1e-2
+    assert gain[5e-4] > 5 * gain[1e-2]  # the default leaves those directions loud
+    with pytest.raises(ValueError, match="whiten_eps"):
+        models.cnn(stem="whiten", whiten_eps=0)
+
+
 def test_dirac_init_makes_stage_convs_start_as_the_identity():
     model = models.cnn(widths=(8, 16, 16), stem_width=8, dirac=True)
     conv = model.get_layer("stage2_res_conv")  # 16 -> 16: every filter is the identity
