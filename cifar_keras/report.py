@@ -42,12 +42,13 @@ def fit_records_in(folder):
 
 
 def fit_records(folder):
-    """(path, record, label) of every fit run record with a test score in `folder` and its SIDE_FOLDERS."""
+    """(path, record, label) of every fit run record with a test score in `folder` and its SIDE_FOLDERS,
+    labelled by where it is committed (a run adopted as the default may have trained under another name)."""
     for sub, prefix in ((Path(folder), ""), *((Path(folder) / side, f"{side}/") for side in SIDE_FOLDERS)):
         for path, record in fit_records_in(sub).items():
             if record.get("test", {}) is None:
                 continue  # fit records without a test score are recipe studies (see ablation_table)
-            yield path, record, prefix + (path.stem if prefix else str(record.get("name")))
+            yield path, record, prefix + path.stem
 
 
 def load_fit_records(folder):
@@ -56,7 +57,7 @@ def load_fit_records(folder):
     for path, record, label in fit_records(folder):
         try:
             row = (f"`{label}`", *table_row(record)[1:])
-            if "/" in label:  # rerunning it must not overwrite today's model
+            if "/" in label or label != record.get("name"):  # rerunning it writes it where it is committed
                 row = (*row[:-1], f"`{writing_to(record, path)}`")
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}: malformed run record ({type(e).__name__}: {e})") from None

@@ -300,6 +300,20 @@ def test_replaced_models_stay_in_the_table_as_previous(project):
     assert [p["name"] for p in report.compute_points(records)].count("previous/cnn") == 1
 
 
+def test_a_run_adopted_under_another_name_shows_as_the_file_it_was_committed_as(project):
+    readme, records = project
+    adopted = fit_record("cnn_muon", "cnn", 73.1, 90)
+    adopted["command"] += " --optimizer muon --name cnn_muon"
+    (records / "cnn.json").write_text(json.dumps(adopted))
+    report.update_readme(readme, records)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| `")]
+    assert [row.split(" | ")[0] for row in rows] == ["| `mlp`", "| `cnn`"] and "**73.10 %**" in rows[1]
+    # Rerunning its command writes saved_models/cnn.*, the files it is committed as.
+    command = rows[1].split(" | ")[-1]
+    assert "--optimizer muon" in command and "--name" not in command
+    assert command.endswith(f" --output-dir {records.as_posix()}` |")
+
+
 def test_candidates_that_were_not_adopted_show_under_their_folder_and_file_name(project):
     readme, records = project
     (records / "robust").mkdir()
