@@ -98,6 +98,8 @@ RECIPES = {
                 tta_translate=True, ema=0.99),
 }
 MODEL_NAMES = tuple(RECIPES)
+# Tuned files that do not name their optimizer were searched before the CNN's recipe moved to Muon, with SGD.
+SEARCHED_BEFORE_MUON = {"cnn": "sgd"}
 
 
 def check(name, value, where):
@@ -172,6 +174,8 @@ def read_hparams(path, model):
     if not isinstance(hparams.get("model_args", {}), dict):
         raise UserError(f"{path}: 'model_args' must be an object")
     checked = {name: check(name, value, path) for name, value in hparams.items() if name != "model_args"}
+    if "learning_rate" in checked and "optimizer" not in checked and model in SEARCHED_BEFORE_MUON:
+        checked["optimizer"] = SEARCHED_BEFORE_MUON[model]  # its learning rate is that optimizer's
     provenance = {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
     return {**checked, "model_args": hparams.get("model_args", {})}, provenance
 

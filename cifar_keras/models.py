@@ -231,7 +231,9 @@ def cnn_space(hp):
     return {
         "model_args": {"widths": CNN_WIDTHS[hp.Choice("width", list(CNN_WIDTHS), default="base")],
                        "depth": hp.Int("depth", 1, 2, default=1)},
-        "learning_rate": hp.Float("learning_rate", 0.05, 0.4, sampling="log", default=0.2),
+        # The learning rate's scale is the optimizer's: the tuned file records which one it was searched with.
+        "optimizer": hp.Fixed("optimizer", "muon"),
+        "learning_rate": hp.Float("learning_rate", 0.003, 0.03, sampling="log", default=0.01),
         "weight_decay": hp.Float("weight_decay", 1e-4, 2e-3, sampling="log", default=5e-4),
         "label_smoothing": hp.Float("label_smoothing", 0.0, 0.3, step=0.1, default=0.2),
         "batch_size": hp.Choice("batch_size", [128, 256, 512], default=256),

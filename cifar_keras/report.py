@@ -27,6 +27,9 @@ ABLATION_TABLES = (
     ("study/muon_lr", "sgd_lr0.2", "Learning-rate screening of Muon (`--optimizer muon`) against the recipe's SGD "
                                    "(10,000 training images, 3 epochs: only to pick Muon's learning rate for the "
                                    "full-scale run)"),
+    ("study/robust_screen", "base", "Robust-training screening on top of Muon (10,000 training images, 3 epochs: "
+                                    "only to pick the candidate for a full-scale run; corruption scores in section 3, "
+                                    "\"Robust training\")"),
 )
 
 PREVIOUS = "previous"  # records of models a newer recipe replaced: shown as previous/NAME

@@ -99,6 +99,19 @@ def test_hyperparameter_file_provenance_is_its_hash(tmp_path):
     assert provenance == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
+def test_a_cnn_learning_rate_tuned_before_muon_keeps_the_optimizer_it_was_searched_with(tmp_path):
+    """An old file's learning rate of 0.2 is SGD's; with Muon it would diverge."""
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps({"model": "cnn", "hparams": {"learning_rate": 0.2, "batch_size": 256}}))
+    new.write_text(json.dumps({"model": "cnn", "hparams": {"optimizer": "muon", "learning_rate": 0.02}}))
+    assert config.RECIPES["cnn"]["optimizer"] == "muon"
+    assert config.make_config("cnn", hparams=config.read_hparams(old, "cnn")[0]).optimizer == "sgd"
+    assert config.make_config("cnn", hparams=config.read_hparams(new, "cnn")[0]).learning_rate == 0.02
+    untuned_lr = tmp_path / "batch.json"
+    untuned_lr.write_text(json.dumps({"model": "cnn", "hparams": {"batch_size": 128}}))
+    assert config.make_config("cnn", hparams=config.read_hparams(untuned_lr, "cnn")[0]).optimizer == "muon"
+
+
 def test_fit_help_groups_the_options(capsys):
     with pytest.raises(SystemExit):
         cli.main(["fit", "--help"])
