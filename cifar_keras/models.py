@@ -64,8 +64,9 @@ def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=
     (airbench's frozen 2x2 patch-whitening conv, 24 channels, set from the training
     images by `whiten_from_data`; `whiten_eps` is added to the patch covariance's
     eigenvalues before their inverse square root: the larger, the less the rare
-    high-frequency directions are amplified, and with them pixel noise). dirac: start every stage conv as the identity on its
-    first input-many filters (airbench), so a fresh net passes its input through.
+    high-frequency directions are amplified, and with them pixel noise). dirac: start
+    every stage conv as the identity on its first input-many filters (airbench), so a
+    fresh net passes its input through.
     """
     if stem not in ("conv", "whiten"):
         raise ValueError(f"stem must be 'conv' or 'whiten', got {stem!r}")

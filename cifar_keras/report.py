@@ -60,7 +60,7 @@ def load_fit_records(folder):
     for path, record, label in fit_records(folder):
         try:
             row = (f"`{label}`", *table_row(record)[1:])
-            if "/" in label or label != record.get("name"):  # rerunning it writes it where it is committed
+            if label != record.get("name"):  # side folder or renamed: rerunning it writes it where it is committed
                 row = (*row[:-1], f"`{writing_to(record, path)}`")
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}: malformed run record ({type(e).__name__}: {e})") from None
