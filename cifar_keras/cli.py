@@ -691,7 +691,8 @@ def add_report_parser(sub):
     parser.add_argument("--readme", default="README.md")
     parser.add_argument("--records", default="saved_models", help="folder of run records (default: saved_models)")
     parser.add_argument("--figures", default="docs/figures", help="where the PNG figures go (default: docs/figures)")
-    parser.add_argument("--no-figures", action="store_true", help="only the tables (no data set or model needed)")
+    parser.add_argument("--no-figures", action="store_true", help="only the tables: README's figures and "
+                        "test-set analysis stay as they are (no data set or model needed)")
     parser.add_argument("--model", default="cnn", help="run whose model gets the test-set analysis (default: cnn)")
     add_data_dir(parser)
     parser.set_defaults(handler=run_report)

@@ -56,6 +56,17 @@ def test_report_is_idempotent(project, capsys):
     assert readme.read_text() == first and "already up to date" in capsys.readouterr().out
 
 
+def test_tables_only_update_keeps_the_figures(project):
+    readme, records = project
+    analysis = f"{report.ANALYSIS_START}docs/figures/training_curves.png)\n\nTest-set analysis of `cnn.keras`: ..."
+    assert report.update_readme(readme, records, analysis)
+    (records / "mlp.json").unlink()  # a table change, then a tables-only update
+    assert report.update_readme(readme, records)
+    text = readme.read_text()
+    assert "| `mlp` |" not in text and "| `cnn` |" in text
+    assert text.index(analysis) < text.index(report.END)
+
+
 def test_malformed_record_names_the_file(project):
     readme, records = project
     broken = fit_record("cnn", "cnn", 70, 1)
