@@ -50,6 +50,8 @@ class RunConfig:
     learning_rate: float = option(0.2, "schedule", "peak learning rate (per replica)", low=0.0, flag="--lr")
     weight_decay: float = option(5e-4, "schedule", "decoupled weight decay (not on BatchNorm or biases)", low=0.0)
     warmup: float = option(2 / 15, "schedule", "linear warm-up, as a fraction of the run's steps", low=0.0, high=1.0)
+    decay: str = option("cosine", "schedule", "shape of the learning rate's decay to zero after the warm-up",
+                        choices=("cosine", "linear"))
     patience: int = option(0, "schedule", "stop after N epochs without validation gain (0: never)", low=0)
     ema: float = option(0.0, "schedule", "decay per step of a moving average of the weights (BatchNorm statistics "
                         "included); the saved model takes the average if it scores higher on validation (0: off)",
@@ -94,8 +96,10 @@ RECIPES = {
                 warmup=0.05, crop_pad=2),
     # Adopted from the recipe study (README 2.5): airbench's whitening stem and identity init, Muon on the
     # convolutions, flip-and-translate TTA, and weight averaging (kept only where it scores higher on validation).
-    "cnn": dict(model_args={"stem": "whiten", "dirac": True}, optimizer="muon", learning_rate=0.01, tta=True,
-                tta_translate=True, ema=0.99),
+    # Robust training (README 3): a less sharp whitening (eps 0.01) and Gaussian noise on half the images keep
+    # clean validation accuracy within noise and raise the mean corruption accuracy by 12 points.
+    "cnn": dict(model_args={"stem": "whiten", "dirac": True, "whiten_eps": 0.01}, optimizer="muon",
+                learning_rate=0.01, tta=True, tta_translate=True, ema=0.99, noise=0.05),
 }
 MODEL_NAMES = tuple(RECIPES)
 # Tuned files that do not name their optimizer were searched before the CNN's recipe moved to Muon, with SGD.

@@ -27,12 +27,32 @@ from cifar_keras.pipeline import make_dataset, padded_dataset, train_batches
 # --- optimiser and compile: shared with `tune` and `bench` -------------------------------------
 
 def make_schedule(config, steps_per_epoch, learning_rate=None):
-    """Linear warm-up over `config.warmup` of the run's steps, then cosine decay to zero."""
+    """Linear warm-up over `config.warmup` of the run's steps, then cosine or linear decay to zero."""
     total = config.epochs * steps_per_epoch
     warmup = min(round(config.warmup * total), total - 1)
+    peak = learning_rate or config.learning_rate
+    if config.decay == "linear":
+        return LinearDecay(peak, warmup_steps=warmup, total_steps=total)
     return keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(total - warmup, 1), warmup_target=learning_rate or config.learning_rate,
-        warmup_steps=warmup)
+        0.0, decay_steps=max(total - warmup, 1), warmup_target=peak, warmup_steps=warmup)
+
+
+@keras.saving.register_keras_serializable(package="cifar_keras")
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then linear decay to 0 at `total_steps`
+    (the triangle of airbench and of "How to train your ResNet")."""
+
+    def __init__(self, peak, warmup_steps, total_steps):
+        self.peak, self.warmup_steps, self.total_steps = peak, warmup_steps, total_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        down = (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1)
+        up = step / self.warmup_steps if self.warmup_steps else down
+        return self.peak * keras.ops.clip(keras.ops.minimum(up, down), 0.0, 1.0)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
 
 
 class ConvMuon(keras.optimizers.Muon):

@@ -165,3 +165,28 @@ def test_muon_orthogonalises_convolution_updates_and_leaves_the_rest_to_adamw():
     assert singular.max() / singular.min() < 2.0 < spread.max() / spread.min()
     # Moonlight's rule: the step's RMS is rms_rate (0.2) x the learning rate, whatever the kernel's shape.
     assert np.sqrt(np.mean(step ** 2)) == pytest.approx(0.2 * float(keras.ops.convert_to_numpy(optimizer.learning_rate)), rel=0.35)
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_schedule_warms_up_linearly_then_decays_to_zero_in_its_shape(decay):
+    from cifar_keras.config import make_config
+    from cifar_keras.train import make_schedule
+
+    schedule = make_schedule(make_config("cnn", learning_rate=0.4, warmup=0.25, epochs=4, decay=decay),
+                             steps_per_epoch=100)
+    lr = np.array([float(keras.ops.convert_to_numpy(schedule(step))) for step in range(401)])
+    assert lr[0] == pytest.approx(0.0) and lr[50] == pytest.approx(0.2) and lr[100] == pytest.approx(0.4)
+    assert lr[400] == pytest.approx(0.0, abs=1e-6) and np.all(np.diff(lr[100:]) <= 1e-7)
+    # Half-way through the decay: the triangle is at half the peak, the cosine too, but a quarter in, they part.
+    assert lr[250] == pytest.approx(0.2, rel=1e-3)
+    assert lr[175] == pytest.approx(0.3 if decay == "linear" else 0.2 * (1 + np.cos(np.pi / 4)), rel=1e-3)
+
+
+def test_linear_schedule_survives_saving_with_the_optimizer(tmp_path):
+    from cifar_keras.train import LinearDecay
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(LinearDecay(0.1, warmup_steps=2, total_steps=10)), "mse")
+    model.save(tmp_path / "m.keras")
+    schedule = keras.saving.load_model(tmp_path / "m.keras").optimizer._learning_rate  # the schedule itself
+    assert isinstance(schedule, LinearDecay) and schedule.get_config()["total_steps"] == 10
