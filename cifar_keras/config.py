@@ -56,6 +56,11 @@ class RunConfig:
     ema: float = option(0.0, "schedule", "decay per step of a moving average of the weights (BatchNorm statistics "
                         "included); the saved model takes the average if it scores higher on validation (0: off)",
                         low=0.0, high=0.9999)
+    low_res: int = option(0, "schedule", "progressive resizing: train the first --low-res-epochs epochs on images "
+                          "downscaled to LOW_RES x LOW_RES pixels (a convolutional model's compute falls with the "
+                          "pixels); the later epochs, validation and the saved model use 32 x 32 (0: off)",
+                          low=0, high=31)
+    low_res_epochs: int = option(0, "schedule", "epochs at --low-res size, fewer than --epochs", low=0)
     time_budget: float = option(None, "schedule", "minutes for training plus validation: times the first steps on "
                                 "this machine, then sets --epochs (and so the schedule) to fit in them", kind=float,
                                 low=0.1)
@@ -146,7 +151,18 @@ def make_config(model, hparams=None, **overrides):
         for name, value in updates.items():
             if name != "model_args" and value is not None:
                 values[name] = check(name, value, source)
-    return RunConfig(**values, model_args=model_args)
+    return check_low_res(RunConfig(**values, model_args=model_args))
+
+
+def check_low_res(config):
+    """`config` if its progressive-resizing options agree with each other and with its epochs."""
+    if config.low_res_epochs and not config.low_res:
+        raise UserError("options: --low-res-epochs needs --low-res SIZE")
+    if config.low_res and not 0 < config.low_res_epochs < config.epochs:
+        raise UserError(f"options: with --low-res, --low-res-epochs must be from 1 to {config.epochs - 1} "
+                        f"(fewer than the {config.epochs} epochs: the last ones train at 32 x 32), "
+                        f"got {config.low_res_epochs}")
+    return config
 
 
 def upgrade(recorded):

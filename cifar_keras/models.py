@@ -135,6 +135,19 @@ def whiten_from_data(model, images, eps=None):
     model.get_layer("whiten").set_weights([np.concatenate([filters, -filters], axis=-1).astype(np.float32)])
 
 
+def with_input_size(model, size=None):
+    """A copy of `model` (same weights) that takes `size` x `size` images, or images of any size (None): for
+    training on smaller images (progressive resizing) and counting its FLOPs there. Only a fully convolutional
+    model (as the CNN, which pools globally) can; the MLP's Dense layers fix its input size."""
+    try:
+        copy = keras.models.clone_model(model, input_tensors=keras.Input((size, size, 3), name="pixels"))
+    except (ValueError, TypeError):
+        raise UserError(f"model '{model.name}' takes only 32 x 32 images: progressive resizing (--low-res) "
+                        "needs a convolutional model") from None
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def tta_views(translate=False):
     """The views test-time augmentation averages, as (rows, columns, count): 0/1 matrices that move the
     pixels along the height and the width (out[j] = in[i] where matrix[i, j] = 1; None: unchanged), and

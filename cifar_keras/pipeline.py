@@ -58,8 +58,10 @@ def gaussian_noise(images, max_std, seed):
     return tf.round(tf.clip_by_value(noisy, 0.0, 255.0))
 
 
-def augment(images, seed, crop_pad=4, flip=True, cutout_size=0, noise=0.0):
-    """The training augmentations of uint8 `images`, as float32 0-255."""
+def augment(images, seed, crop_pad=4, flip=True, cutout_size=0, noise=0.0, size=None):
+    """The training augmentations of uint8 `images`, as float32 0-255; downscaled to `size` x `size` pixels
+    (area averaging, before the noise, as a smaller photo's pixels would be) where `size` (an int tensor) is
+    smaller than the images."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
     if crop_pad:
         images = random_crop(images, crop_pad, seeds[0])
@@ -68,14 +70,21 @@ def augment(images, seed, crop_pad=4, flip=True, cutout_size=0, noise=0.0):
     if cutout_size:
         images = cutout(images, cutout_size, seeds[2])
     images = tf.cast(images, tf.float32)
+    if size is not None:
+        full = images.shape[1]
+        images = tf.cond(size < full, lambda: tf.image.resize(images, tf.stack([size, size]), method="area"),
+                         lambda: images)
     if noise:
         images = gaussian_noise(images, noise, seeds[3])
     return images
 
 
 def train_batches(split, batch_size, seed=0, first_epoch=0, epochs=1, crop_pad=4, flip=True, cutout_size=0,
-                  noise=0.0):
+                  noise=0.0, low_res=0, low_res_epochs=0):
     """Shuffled, augmented training batches (images float32 0-255, one-hot labels) of epochs [first_epoch, epochs).
+
+    With `low_res`, the images of the first `low_res_epochs` epochs are downscaled to low_res x low_res
+    pixels (progressive resizing): the batches' height and width are then unknown until run time.
 
     Epoch e's order and augmentation depend only on (seed, e), not on how many times the
     data was iterated before, so a run resumed at epoch e sees exactly the batches an
@@ -91,7 +100,8 @@ def train_batches(split, batch_size, seed=0, first_epoch=0, epochs=1, crop_pad=4
 
         def make_batch(step, index):
             key = tf.stack([tf.constant(seed, tf.int64), epoch * steps + step])
-            batch = augment(tf.gather(images, index), key, crop_pad, flip, cutout_size, noise)
+            size = tf.where(epoch < low_res_epochs, low_res, images.shape[1]) if low_res else None
+            batch = augment(tf.gather(images, index), key, crop_pad, flip, cutout_size, noise, size)
             return batch, tf.one_hot(tf.gather(labels, index), NUM_CLASSES)
 
         return tf.data.Dataset.from_tensor_slices(batches).enumerate().map(

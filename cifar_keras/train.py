@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from cifar_keras import calibrate, data, flops, models, multiworker, records, runtime
-from cifar_keras.config import upgrade
+from cifar_keras.config import check_low_res, upgrade
 from cifar_keras.errors import UserError
 from cifar_keras.evaluate import evaluate_model, metrics
 from cifar_keras.pipeline import make_dataset, padded_dataset, train_batches
@@ -115,6 +115,8 @@ def build_compiled(config, steps_per_epoch, learning_rate=None, train_images=Non
     model = models.get_spec(config.model).build(**config.model_args)
     if train_images is not None:
         models.whiten_from_data(model, train_images[:WHITENING_IMAGES])
+    if config.low_res:
+        model = models.with_input_size(model, None)  # trains on smaller images first; saved at 32 x 32
     compile_model(model, config, steps_per_epoch, learning_rate)
     return model
 
@@ -124,7 +126,7 @@ def training_data(split, config, batch_size, first_epoch=0, epochs=None):
     return train_batches(split, batch_size, seed=config.seed, first_epoch=first_epoch,
                          epochs=config.epochs if epochs is None else epochs,
                          crop_pad=config.crop_pad, flip=config.flip, cutout_size=config.cutout_size,
-                         noise=config.noise)
+                         noise=config.noise, low_res=config.low_res, low_res_epochs=config.low_res_epochs)
 
 
 def verbosity():
@@ -502,14 +504,22 @@ def calibrated(final, dataset, val_split, use_test):
     return final, calibrate.rounded(calibration), test
 
 
-def compute(base, final, train_images_seen):
-    """Training and inference compute of the run, in FLOPs (analytic count, see flops.py)."""
+def compute(base, final, train_images_seen, low_res=None):
+    """Training and inference compute of the run, in FLOPs (analytic count, see flops.py). `low_res`: (size,
+    images seen at that size) of progressive resizing, counted at that size's forward FLOPs."""
     forward = flops.forward_flops(base)
-    return {"counted": "analytic (convolutions and dense layers, 2 FLOP per multiply-add)",
-            "forward_flops_per_image": forward,
-            "inference_flops_per_image": flops.forward_flops(final),  # x2 with flip TTA, x6 with translate
-            "train_images_seen": train_images_seen,
-            "training_flops": flops.training_flops(forward, train_images_seen)}
+    counts = {"counted": "analytic (convolutions and dense layers, 2 FLOP per multiply-add)",
+              "forward_flops_per_image": forward,
+              "inference_flops_per_image": flops.forward_flops(final),  # x2 with flip TTA, x6 with translate
+              "train_images_seen": train_images_seen,
+              "training_flops": flops.training_flops(forward, train_images_seen)}
+    if low_res and low_res[1]:
+        size, seen = low_res
+        small = flops.forward_flops(models.with_input_size(base, size))
+        counts["low_res"] = {"size": size, "train_images_seen": seen, "forward_flops_per_image": small}
+        counts["training_flops"] = flops.training_flops(forward, train_images_seen - seen) + \
+            flops.training_flops(small, seen)
+    return counts
 
 
 def make_record(plan, command, hparams, base, final, val_scores, test, calibration, train_split, val_split, started):
@@ -518,6 +528,7 @@ def make_record(plan, command, hparams, base, final, val_scores, test, calibrati
     best = max(log, key=lambda row: row["val_accuracy"])
     train_time = sum(row["train_time"] for row in log)
     images_seen = plan.steps_per_epoch * plan.global_batch_size * len(log)
+    low_res_seen = plan.steps_per_epoch * plan.global_batch_size * min(config.low_res_epochs, len(log))
     return {
         "kind": "fit",
         "model": config.model,
@@ -538,7 +549,7 @@ def make_record(plan, command, hparams, base, final, val_scores, test, calibrati
         "replicas": plan.replicas,
         "global_batch_size": plan.global_batch_size,
         "scaled_learning_rate": plan.learning_rate,
-        "compute": compute(base, final, images_seen),
+        "compute": compute(base, final, images_seen, (config.low_res, low_res_seen) if config.low_res else None),
         "throughput": {"train_images_per_s": round(images_seen / train_time, 1)},
         "val": {"top1": round(100 * best["val_accuracy"], 2), "top5": round(100 * best["val_top5"], 2),
                 **val_scores},
@@ -574,7 +585,8 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
         budget = None
         if config.time_budget:
             budget = plan_time_budget(plan, train_split, val_split, scope)
-            plan = dataclasses.replace(plan, config=dataclasses.replace(config, epochs=budget["planned_epochs"]))
+            plan = dataclasses.replace(plan, config=check_low_res(dataclasses.replace(
+                config, epochs=budget["planned_epochs"])))
             print(f"fit: {config.time_budget:g} min budget (it sets the epochs, whatever --epochs says): "
                   f"{budget['planned_epochs']} epochs of "
                   f"{budget['measured']['train_s_per_epoch']:.0f} s + {budget['measured']['val_s_per_epoch']:.0f} s "

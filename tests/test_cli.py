@@ -422,6 +422,10 @@ def test_a_run_interrupted_before_an_option_existed_resumes(data_root, tmp_path)
     (["--model-args", '{"widths": 5}'], "do not build a cnn"),
     (["--model-args", '{"num_classes": 10}'], "unknown model_args for cnn: num_classes"),
     (["--hparams", "."], ".: cannot read"),
+    (["--low-res-epochs", "3"], "--low-res-epochs needs --low-res SIZE"),
+    (["--low-res", "24", "--epochs", "4"], "--low-res-epochs must be from 1 to 3"),
+    (["--low-res", "24", "--low-res-epochs", "4", "--epochs", "4"], "--low-res-epochs must be from 1 to 3"),
+    (["--low-res", "40", "--low-res-epochs", "1"], "must be in [0, 31], got 40"),
 ])
 def test_bad_values_are_one_line_errors(argv, message, capsys):
     try:
@@ -430,3 +434,26 @@ def test_bad_values_are_one_line_errors(argv, message, capsys):
         code = exit_info.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.strip().splitlines()[-1].count("error") == 1
+
+
+def test_progressive_resizing_trains_small_first_and_saves_a_32_pixel_model(data_root, tmp_path, capsys):
+    argv = ["fit", "cnn", *QUICK, "--epochs", "3", "--low-res", "16", "--low-res-epochs", "2", "--hparams", "none",
+            "--model-args", '{"widths": [8, 8, 8]}', "--no-tta", "--ema", "0", "--no-test",
+            "--data-dir", str(data_root), "--output-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    record = json.loads((tmp_path / "cnn.json").read_text())
+    assert keras.saving.load_model(tmp_path / "cnn.keras").input_shape == (None, 32, 32, 3)
+    compute = record["compute"]
+    assert compute["low_res"]["size"] == 16 and compute["low_res"]["train_images_seen"] == 2 * 500
+    # A conv net's FLOPs scale with its pixels: a quarter at 16 x 16 (the tiny classifier aside).
+    small, full = compute["low_res"]["forward_flops_per_image"], compute["forward_flops_per_image"]
+    assert small == pytest.approx(full / 4, rel=0.02)
+    assert compute["training_flops"] == 3 * (2 * 500 * small + 500 * full)
+
+
+def test_progressive_resizing_needs_a_convolutional_model(data_root, tmp_path, capsys):
+    argv = ["fit", "mlp", *QUICK, "--low-res", "16", "--low-res-epochs", "1", "--hparams", "none",
+            "--data-dir", str(data_root), "--output-dir", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model 'mlp' takes only 32 x 32 images" in err and err.count("\n") == 1

@@ -147,3 +147,15 @@ def test_training_noise_adds_to_the_same_crops_and_flips(split):
     assert (y_clean == y_noisy).all()
     diff = np.abs(noisy - clean).reshape(64, -1).mean(axis=1)
     assert 10 < (diff == 0).sum() < 54 and diff.max() > 5  # about half the images untouched, the rest noisy
+
+
+def test_low_res_epochs_are_area_downscaled_then_full_size(split):
+    plain = batches(train_batches(split, 32, seed=3, epochs=2, crop_pad=0, flip=False))
+    small = batches(train_batches(split, 32, seed=3, epochs=2, crop_pad=0, flip=False, low_res=16, low_res_epochs=1))
+    assert [x.shape[1:3] for x, _ in small] == [(16, 16), (16, 16), (32, 32), (32, 32)]
+    for (x, y), (x_small, y_small) in zip(plain[:2], small[:2]):  # the same images, each 2 x 2 block averaged
+        assert (y == y_small).all()
+        blocks = x.reshape(32, 16, 2, 16, 2, 3).mean(axis=(2, 4))
+        np.testing.assert_allclose(x_small, blocks, atol=1e-3)
+    for (x, _), (x_small, _) in zip(plain[2:], small[2:]):
+        assert (x == x_small).all()
