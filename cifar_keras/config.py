@@ -158,6 +158,8 @@ def check_low_res(config):
     """`config` if its progressive-resizing options agree with each other and with its epochs."""
     if config.low_res_epochs and not config.low_res:
         raise UserError("options: --low-res-epochs needs --low-res SIZE")
+    if config.low_res and config.low_res < 8:  # the CNN halves its images three times
+        raise UserError(f"options: --low-res must be 0 (off) or from 8 to 31 pixels, got {config.low_res}")
     if config.low_res and not 0 < config.low_res_epochs < config.epochs:
         raise UserError(f"options: with --low-res, --low-res-epochs must be from 1 to {config.epochs - 1} "
                         f"(fewer than the {config.epochs} epochs: the last ones train at 32 x 32), "

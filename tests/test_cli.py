@@ -426,6 +426,7 @@ def test_a_run_interrupted_before_an_option_existed_resumes(data_root, tmp_path)
     (["--low-res", "24", "--epochs", "4"], "--low-res-epochs must be from 1 to 3"),
     (["--low-res", "24", "--low-res-epochs", "4", "--epochs", "4"], "--low-res-epochs must be from 1 to 3"),
     (["--low-res", "40", "--low-res-epochs", "1"], "must be in [0, 31], got 40"),
+    (["--low-res", "4", "--low-res-epochs", "1"], "--low-res must be 0 (off) or from 8 to 31 pixels, got 4"),
 ])
 def test_bad_values_are_one_line_errors(argv, message, capsys):
     try:

@@ -30,14 +30,20 @@ def fit_args(argv):
 
 @pytest.mark.parametrize("name", FLAG_OPTIONS)
 def test_every_option_is_a_fit_flag_that_reaches_the_config(name):
-    value = other_value(name)
+    value = 16 if name == "low_res" else other_value(name)
     flag = FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")
     argv = [flag if value else flag.replace("--", "--no-", 1)] if isinstance(value, bool) else [flag, str(value)]
+    # Progressive resizing's two options act only together: each is given with the other.
+    companion = {"low_res": ("low_res_epochs", 1), "low_res_epochs": ("low_res", 16)}.get(name)
+    if companion:
+        argv += ["--" + companion[0].replace("_", "-"), str(companion[1])]
     args = fit_args(argv)
     built = make_config("cnn", **config.overrides(args, cli.FIT_OPTIONS))
     assert getattr(built, name) == value
-    others = {k: v for k, v in built.to_dict().items() if k != name}
-    assert others == {k: v for k, v in make_config("cnn").to_dict().items() if k != name}
+    if companion:
+        assert getattr(built, companion[0]) == companion[1]
+    others = {k: v for k, v in built.to_dict().items() if k not in (name, companion and companion[0])}
+    assert others == {k: v for k, v in make_config("cnn").to_dict().items() if k not in (name, companion and companion[0])}
 
 
 def test_unset_flags_leave_the_recipe():
