@@ -264,9 +264,9 @@ class WeightAverage(keras.callbacks.Callback):
 class WallTimeEstimate(keras.callbacks.Callback):
     """Prints, once, the run's expected training time from its first timed steps (after compilation)."""
 
-    def __init__(self, steps_per_epoch, epochs, first_epoch, skip=3, timed=10):
+    def __init__(self, steps_per_epoch, epochs, first_epoch, skip=3, timed=10, note=""):
         super().__init__()
-        self.steps_per_epoch, self.epochs, self.first_epoch = steps_per_epoch, epochs, first_epoch
+        self.steps_per_epoch, self.epochs, self.first_epoch, self.note = steps_per_epoch, epochs, first_epoch, note
         self.skip, self.timed = min(skip, steps_per_epoch - 1), min(timed, max(steps_per_epoch - skip - 1, 1))
         self.seen, self.start = 0, None
 
@@ -279,7 +279,7 @@ class WallTimeEstimate(keras.callbacks.Callback):
             left = per_step * self.steps_per_epoch * (self.epochs - self.first_epoch)
             estimate = f"{left / 60:.0f} min" if left >= 120 else f"{left:.0f} s"
             print(f"fit: about {estimate} of training steps left ({per_step * 1000:.0f} ms/step, "
-                  "validation not counted)", flush=True)
+                  f"validation not counted{self.note})", flush=True)
             self.start = None
 
 
@@ -414,7 +414,9 @@ def train(plan, train_split, val_split, scope, extra_callbacks=()):
         checkpoint.best = max((row["val_accuracy"] for row in records.read_log(paths["log"])), default=-np.inf)
     callbacks = [EpochTimer(), keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint,
                  keras.callbacks.BackupAndRestore(paths["backup"]),
-                 WallTimeEstimate(plan.steps_per_epoch, config.epochs, plan.first_epoch), *extra_callbacks]
+                 WallTimeEstimate(plan.steps_per_epoch, config.epochs, plan.first_epoch,
+                                  note="; timed on smaller images: more" if plan.first_epoch < config.low_res_epochs
+                                  else ""), *extra_callbacks]
     if not plan.primary:
         # The other processes of a cluster save the same checkpoints and backups (in their scratch folder: saving
         # is a step all processes take together) and write nothing else.
