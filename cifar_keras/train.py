@@ -515,7 +515,7 @@ def compute(base, final, train_images_seen, low_res=None):
               "inference_flops_per_image": flops.forward_flops(final),  # x2 with flip TTA, x6 with translate
               "train_images_seen": train_images_seen,
               "training_flops": flops.training_flops(forward, train_images_seen)}
-    if low_res and low_res[1]:
+    if low_res:
         size, seen = low_res
         small = flops.forward_flops(models.with_input_size(base, size))
         counts["low_res"] = {"size": size, "train_images_seen": seen, "forward_flops_per_image": small}
@@ -529,8 +529,9 @@ def make_record(plan, command, hparams, base, final, val_scores, test, calibrati
     log = records.read_log(paths["log"])
     best = max(log, key=lambda row: row["val_accuracy"])
     train_time = sum(row["train_time"] for row in log)
-    images_seen = plan.steps_per_epoch * plan.global_batch_size * len(log)
-    low_res_seen = plan.steps_per_epoch * plan.global_batch_size * min(config.low_res_epochs, len(log))
+    per_epoch = plan.steps_per_epoch * plan.global_batch_size
+    images_seen = per_epoch * len(log)
+    low_res = (config.low_res, per_epoch * min(config.low_res_epochs, len(log))) if config.low_res else None
     return {
         "kind": "fit",
         "model": config.model,
@@ -551,7 +552,7 @@ def make_record(plan, command, hparams, base, final, val_scores, test, calibrati
         "replicas": plan.replicas,
         "global_batch_size": plan.global_batch_size,
         "scaled_learning_rate": plan.learning_rate,
-        "compute": compute(base, final, images_seen, (config.low_res, low_res_seen) if config.low_res else None),
+        "compute": compute(base, final, images_seen, low_res),
         "throughput": {"train_images_per_s": round(images_seen / train_time, 1)},
         "val": {"top1": round(100 * best["val_accuracy"], 2), "top5": round(100 * best["val_top5"], 2),
                 **val_scores},
