@@ -1,3 +1,3 @@
-from cifar_keras.cli import main
+from cifar_keras.cli.app import main
 
 raise SystemExit(main())

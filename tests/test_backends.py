@@ -46,7 +46,8 @@ def test_export_from_jax_matches_the_keras_model(tmp_path):
     script = """
 import sys
 import numpy as np
-from cifar_keras import cli, models
+from cifar_keras import cli
+from cifar_keras import models
 model = models.cnn(widths=(8, 8, 8), stem_width=8)
 model.save(sys.argv[1])
 assert cli.main(["export", sys.argv[1], "--root", sys.argv[2], "--name", "tiny"]) == 0

@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from cifar_keras import cli, report
+from cifar_keras import cli
+from cifar_keras.reporting import report
 
 
 def test_bench_measures_each_combination_and_records_it(tmp_path, capsys):

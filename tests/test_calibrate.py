@@ -10,9 +10,13 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_keras import calibrate, cli, data, models, train
+from cifar_keras.evaluation import calibration
+from cifar_keras import cli
+from cifar_keras import data
+from cifar_keras import models
+from cifar_keras.training import fit
 from cifar_keras.config import make_config
-from cifar_keras.evaluate import evaluate_model
+from cifar_keras.evaluation.metrics import evaluate_model
 
 # Five images, four classes. With 15 bins, bin i holds confidences in (i/15, (i+1)/15]: 0.9 -> bin 13
 # (0.867, 0.933], 0.55 -> bin 8 (0.533, 0.6], 0.45 -> bin 6 (0.4, 0.467], 0.85 -> bin 12 (0.8, 0.867].
@@ -29,11 +33,11 @@ HAND_LABELS = np.array([0, 1, 1, 2, 0])
 def test_ece_of_a_hand_made_example():
     # Bin 13 holds two images, accuracy 1/2, mean confidence 0.9: weight 2/5, gap 0.4 -> 0.16.
     # Bins 8, 6 and 12 hold one image each: 1/5 * (|1 - 0.55| + |1 - 0.45| + |0 - 0.85|) = 0.09 + 0.11 + 0.17.
-    assert calibrate.ece(HAND_PROBABILITIES, HAND_LABELS) == pytest.approx(0.16 + 0.09 + 0.11 + 0.17, abs=1e-12)
+    assert calibration.ece(HAND_PROBABILITIES, HAND_LABELS) == pytest.approx(0.16 + 0.09 + 0.11 + 0.17, abs=1e-12)
     # One bin: |accuracy 3/5 - mean confidence (0.9 + 0.9 + 0.55 + 0.45 + 0.85) / 5 = 0.73| = 0.13.
-    assert calibrate.ece(HAND_PROBABILITIES, HAND_LABELS, bins=1) == pytest.approx(0.13, abs=1e-12)
+    assert calibration.ece(HAND_PROBABILITIES, HAND_LABELS, bins=1) == pytest.approx(0.13, abs=1e-12)
     # Right and wrong answers in one bin offset each other before the absolute value (not per image).
-    assert calibrate.ece(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx(0.4, abs=1e-12)
+    assert calibration.ece(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx(0.4, abs=1e-12)
 
 
 def test_ece_bins_are_closed_on_the_right():
@@ -41,16 +45,16 @@ def test_ece_bins_are_closed_on_the_right():
     probabilities = np.array([[0.5, 0.3, 0.2], [0.4, 0.35, 0.25], [0.7, 0.2, 0.1]])
     labels = np.array([1, 1, 0])
     # bin (0, 0.5]: accuracy 0, confidence 0.45, weight 2/3 -> 0.3; bin (0.5, 1]: |1 - 0.7| / 3 = 0.1.
-    assert calibrate.ece(probabilities, labels, bins=2) == pytest.approx(0.3 + 0.1, abs=1e-12)
+    assert calibration.ece(probabilities, labels, bins=2) == pytest.approx(0.3 + 0.1, abs=1e-12)
 
 
 def test_nll_and_brier_of_a_hand_made_example():
-    assert calibrate.nll(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx(
+    assert calibration.nll(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx(
         -(math.log(0.9) + math.log(0.05)) / 2, abs=1e-12)
     # Image 1: 0.1^2 + 0.05^2 + 0.03^2 + 0.02^2 = 0.0138;
     # image 2: 0.9^2 + (0.05 - 1)^2 + 0.03^2 + 0.02^2 = 0.81 + 0.9025 + 0.0009 + 0.0004 = 1.7138.
-    assert calibrate.brier(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx((0.0138 + 1.7138) / 2, abs=1e-12)
-    assert calibrate.brier(np.eye(3), np.arange(3)) == 0.0 and calibrate.brier(np.eye(3), [1, 2, 0]) == 2.0
+    assert calibration.brier(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx((0.0138 + 1.7138) / 2, abs=1e-12)
+    assert calibration.brier(np.eye(3), np.arange(3)) == 0.0 and calibration.brier(np.eye(3), [1, 2, 0]) == 2.0
 
 
 def overconfident_logits(n, classes=10, true_temperature=2.5, seed=0):
@@ -58,20 +62,20 @@ def overconfident_logits(n, classes=10, true_temperature=2.5, seed=0):
     by exactly that factor."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 4, (n, classes))
-    p = np.exp(calibrate._log_softmax(logits / true_temperature))
+    p = np.exp(calibration._log_softmax(logits / true_temperature))
     labels = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
     return logits, labels
 
 
 def test_fit_temperature_recovers_the_true_temperature():
     logits, labels = overconfident_logits(20000)
-    temperature = calibrate.fit_temperature(logits, labels)
+    temperature = calibration.fit_temperature(logits, labels)
     assert temperature == pytest.approx(2.5, rel=0.05)
-    before, after = calibrate.nll(calibrate.probabilities(logits), labels), calibrate.nll(
-        calibrate.probabilities(logits, temperature), labels)
+    before, after = calibration.nll(calibration.probabilities(logits), labels), calibration.nll(
+        calibration.probabilities(logits, temperature), labels)
     assert after < before - 0.1
     # A calibrated model is left (nearly) alone.
-    assert calibrate.fit_temperature(logits / 2.5, labels) == pytest.approx(1.0, rel=0.05)
+    assert calibration.fit_temperature(logits / 2.5, labels) == pytest.approx(1.0, rel=0.05)
 
 
 def test_fitted_temperature_is_never_worse_than_t1_on_its_own_data():
@@ -79,18 +83,18 @@ def test_fitted_temperature_is_never_worse_than_t1_on_its_own_data():
     # Labels drawn from the model's own probabilities: the best T is close to 1, so a search that
     # skipped T = 1 or stopped short of the optimum would do worse than leaving the model alone.
     logits, labels = overconfident_logits(60, seed=3, true_temperature=1.0)
-    temperature = calibrate.fit_temperature(logits, labels)
+    temperature = calibration.fit_temperature(logits, labels)
     assert 0.5 < temperature < 2.0
-    assert calibrate._nll_at([logits], labels, temperature) <= calibrate._nll_at([logits], labels, 1.0)
+    assert calibration._nll_at([logits], labels, temperature) <= calibration._nll_at([logits], labels, 1.0)
 
 
 def test_fit_temperature_of_averaged_views_minimises_the_averaged_nll():
     logits, labels = overconfident_logits(5000, seed=1)
     other = logits + np.random.default_rng(2).normal(0, 2, logits.shape)  # a second, different view
-    temperature = calibrate.fit_temperature([logits, other], labels)
-    cost = lambda t: calibrate.nll(calibrate.probabilities([logits, other], t), labels)  # noqa: E731
+    temperature = calibration.fit_temperature([logits, other], labels)
+    cost = lambda t: calibration.nll(calibration.probabilities([logits, other], t), labels)  # noqa: E731
     assert cost(temperature) <= min(cost(temperature * 0.97), cost(temperature * 1.03))
-    assert temperature != pytest.approx(calibrate.fit_temperature(logits, labels), rel=1e-3)
+    assert temperature != pytest.approx(calibration.fit_temperature(logits, labels), rel=1e-3)
 
 
 def overconfident_model(features=8, classes=10):
@@ -103,7 +107,7 @@ def overconfident_model(features=8, classes=10):
     true_weights = rng.normal(0, 1, (features, classes))
     model.get_layer("logits").set_weights([4 * true_weights.astype("float32"), np.zeros(classes, "float32")])
     x = rng.normal(0, 1, (6000, features)).astype("float32")
-    p = np.exp(calibrate._log_softmax(x @ true_weights))
+    p = np.exp(calibration._log_softmax(x @ true_weights))
     labels = (p.cumsum(axis=1) > rng.random((len(x), 1))).argmax(axis=1)
     return model, x, labels
 
@@ -121,15 +125,15 @@ LOAD_WITH_KERAS_ONLY = textwrap.dedent("""
 def test_temperature_layer_lowers_nll_and_loads_with_plain_keras(tmp_path):
     model, x, labels = overconfident_model()
     val, test = slice(0, 3000), slice(3000, None)
-    val_logits = [keras.ops.convert_to_numpy(calibrate.logit_model(model).predict(x[val], verbose=0))]
-    temperature = calibrate.fit_temperature(val_logits, labels[val])
+    val_logits = [keras.ops.convert_to_numpy(calibration.logit_model(model).predict(x[val], verbose=0))]
+    temperature = calibration.fit_temperature(val_logits, labels[val])
     assert 3 < temperature < 5  # the weights are 4x too large
-    calibrated = calibrate.with_temperature(model, temperature)
+    calibrated = calibration.with_temperature(model, temperature)
     assert [layer.name for layer in calibrated.layers][-2:] == ["temperature", "probabilities"]
     assert isinstance(calibrated.get_layer("temperature"), keras.layers.Rescaling)
     before, after = model.predict(x[test], verbose=0), calibrated.predict(x[test], verbose=0)
-    assert calibrate.nll(after, labels[test]) < calibrate.nll(before, labels[test]) - 0.3
-    assert calibrate.ece(after, labels[test]) < calibrate.ece(before, labels[test])
+    assert calibration.nll(after, labels[test]) < calibration.nll(before, labels[test]) - 0.3
+    assert calibration.ece(after, labels[test]) < calibration.ece(before, labels[test])
     assert (after.argmax(axis=1) == before.argmax(axis=1)).all()  # accuracy unchanged
     # The original model is left as it was.
     assert np.allclose(model.predict(x[test], verbose=0), before)
@@ -140,16 +144,16 @@ def test_temperature_layer_lowers_nll_and_loads_with_plain_keras(tmp_path):
                     str(tmp_path / "x.npy"), str(tmp_path / "out.npy")], check=True, capture_output=True)
     assert np.allclose(np.load(tmp_path / "out.npy"), after, atol=1e-6)
     reloaded = keras.saving.load_model(tmp_path / "calibrated.keras")
-    assert calibrate.temperature_of(reloaded) == pytest.approx(temperature, rel=1e-6)
+    assert calibration.temperature_of(reloaded) == pytest.approx(temperature, rel=1e-6)
 
 
 def test_a_second_temperature_multiplies_into_the_first():
     model, x, _ = overconfident_model()
-    twice = calibrate.with_temperature(calibrate.with_temperature(model, 2.0), 1.5)
+    twice = calibration.with_temperature(calibration.with_temperature(model, 2.0), 1.5)
     assert [layer.name for layer in twice.layers].count("temperature") == 1
-    assert calibrate.temperature_of(twice) == pytest.approx(3.0)
-    logits = calibrate.logit_model(model).predict(x[:5], verbose=0)
-    assert np.allclose(twice.predict(x[:5], verbose=0), calibrate.probabilities(logits, 3.0), atol=1e-6)
+    assert calibration.temperature_of(twice) == pytest.approx(3.0)
+    logits = calibration.logit_model(model).predict(x[:5], verbose=0)
+    assert np.allclose(twice.predict(x[:5], verbose=0), calibration.probabilities(logits, 3.0), atol=1e-6)
 
 
 @pytest.mark.parametrize("translate", [False, True])
@@ -157,17 +161,17 @@ def test_tta_model_is_calibrated_inside_and_rewrapped(tmp_path, translate):
     inner = models.cnn(widths=(8, 16, 16), stem_width=8)
     tta = models.with_tta(inner, translate=translate)
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
-    views = calibrate.model_logits(tta, images)
+    views = calibration.model_logits(tta, images)
     assert len(views) == (8 if translate else 2)  # 6 views, the unshifted pair counted twice
     # The views' probabilities at T = 1 are what the TTA model outputs.
-    assert np.allclose(calibrate.probabilities(views), tta.predict(images.astype("float32"), verbose=0), atol=1e-5)
-    calibrated = calibrate.with_temperature(tta, 0.5)
-    assert models.tta_kind(calibrated) == models.tta_kind(tta) and calibrate.temperature_of(calibrated) == 0.5
+    assert np.allclose(calibration.probabilities(views), tta.predict(images.astype("float32"), verbose=0), atol=1e-5)
+    calibrated = calibration.with_temperature(tta, 0.5)
+    assert models.tta_kind(calibrated) == models.tta_kind(tta) and calibration.temperature_of(calibrated) == 0.5
     calibrated.save(tmp_path / "tta.keras")
     reloaded = keras.saving.load_model(tmp_path / "tta.keras")
-    expected = calibrate.probabilities(views, 0.5)
+    expected = calibration.probabilities(views, 0.5)
     assert np.allclose(reloaded.predict(images.astype("float32"), verbose=0), expected, atol=1e-5)
-    assert not np.allclose(expected, calibrate.probabilities(views), atol=1e-3)  # T = 0.5 changed something
+    assert not np.allclose(expected, calibration.probabilities(views), atol=1e-3)  # T = 0.5 changed something
 
 
 TINY_MLP = dict(epochs=2, batch_size=50, val_size=100, precision="float32",
@@ -177,13 +181,13 @@ TINY_MLP = dict(epochs=2, batch_size=50, val_size=100, precision="float32",
 @pytest.mark.parametrize("test_set", [True, False])
 def test_fit_saves_the_calibrated_model_and_records_its_scores(data_root, tmp_path, monkeypatch, test_set):
     passes = []  # images per pass through a model while calibrating
-    predict = calibrate.predict_outputs
+    predict = calibration.predict_outputs
     monkeypatch.setattr(calibrate, "predict_outputs",
                         lambda model, images, *a: passes.append(len(images)) or predict(model, images, *a))
-    record = train.fit(make_config("mlp", test_set=test_set, **TINY_MLP), data_dir=data_root, output_dir=tmp_path)
+    record = fit.fit(make_config("mlp", test_set=test_set, **TINY_MLP), data_dir=data_root, output_dir=tmp_path)
     calibration = record["calibration"]
     model = keras.saving.load_model(tmp_path / "mlp.keras")
-    assert calibrate.temperature_of(model) == pytest.approx(calibration["temperature"], rel=1e-5)
+    assert calibration.temperature_of(model) == pytest.approx(calibration["temperature"], rel=1e-5)
     assert calibration["temperature"] != pytest.approx(1.0, abs=1e-3)
     assert calibration["val"]["after"]["nll"] <= calibration["val"]["before"]["nll"]
     if not test_set:
@@ -228,7 +232,7 @@ def test_calibrate_command_writes_model_record_and_figure(overconfident_keras_fi
         assert record[split]["after"]["nll"] < record[split]["before"]["nll"]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     calibrated = keras.saving.load_model(output)
-    assert calibrate.temperature_of(calibrated) == pytest.approx(record["temperature"], rel=1e-5)
+    assert calibration.temperature_of(calibrated) == pytest.approx(record["temperature"], rel=1e-5)
 
     # evaluate reports the calibration scores of any model: here the record's "after" test scores.
     assert cli.main(["evaluate", str(output), "--data-dir", str(data_root)]) == 0
@@ -251,13 +255,13 @@ def test_calibrate_refuses_to_overwrite_its_input(overconfident_keras_file, data
 
 
 def test_reliability_diagram_bins_give_the_ece(tmp_path):
-    from cifar_keras import plots
+    from cifar_keras.reporting import plots
 
     share, accuracy, confidence = plots.reliability_bins(HAND_PROBABILITIES, HAND_LABELS)
     filled = share > 0
     assert share.sum() == pytest.approx(1.0) and filled.sum() == 4  # bins 6, 8, 12 and 13
     assert np.sum(share[filled] * np.abs(accuracy[filled] - confidence[filled])) == pytest.approx(
-        calibrate.ece(HAND_PROBABILITIES, HAND_LABELS), abs=1e-12)
+        calibration.ece(HAND_PROBABILITIES, HAND_LABELS), abs=1e-12)
     plots.reliability_diagram({"a": HAND_PROBABILITIES, "b": HAND_PROBABILITIES ** 2 / 2}, HAND_LABELS,
                               tmp_path / "r.png", "hand-made")
     assert (tmp_path / "r.png").stat().st_size > 1000
@@ -267,12 +271,12 @@ def test_the_savedmodel_export_serves_calibrated_probabilities(tmp_path):
     import tensorflow as tf
 
     model = models.cnn(widths=(8, 16, 16), stem_width=8)
-    calibrated = calibrate.with_temperature(model, 0.25)
+    calibrated = calibration.with_temperature(model, 0.25)
     calibrated.save(tmp_path / "tiny_calibrated.keras")
     assert cli.main(["export", str(tmp_path / "tiny_calibrated.keras"), "--root", str(tmp_path / "serving")]) == 0
     serve = tf.saved_model.load(str(tmp_path / "serving" / "tiny_calibrated" / "1")).signatures["serving_default"]
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
     served = serve(pixels=tf.constant(pixels, tf.float32))["probabilities"].numpy()
-    expected = calibrate.probabilities(calibrate.model_logits(model, pixels), 0.25)
+    expected = calibration.probabilities(calibration.model_logits(model, pixels), 0.25)
     assert np.allclose(served, expected, atol=1e-5)
     assert not np.allclose(served, model.predict(pixels.astype("float32"), verbose=0), atol=1e-3)

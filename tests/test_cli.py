@@ -7,7 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_keras import cli, data, models, runtime, train
+from cifar_keras import cli
+from cifar_keras import data
+from cifar_keras import models
+from cifar_keras import hardware
+from cifar_keras.training import fit
 from cifar_keras.config import make_config
 
 QUICK = ["--epochs", "2", "--batch-size", "50", "--val-size", "100", "--precision", "float32"]
@@ -73,7 +77,7 @@ def test_cnn_learns_the_synthetic_cue(data_root, tmp_path):
     config = make_config("cnn", epochs=10, batch_size=50, val_size=100, precision="float32",
                                learning_rate=0.1, label_smoothing=0.0, crop_pad=0,
                                model_args=dict(widths=(16, 32, 32), stem_width=8))
-    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    record = fit.fit(config, data_dir=data_root, output_dir=tmp_path)
     assert record["val"]["top1"] > 10 and record["test"]["top1"] > 10
 
 
@@ -87,9 +91,9 @@ def test_interrupted_fit_resumes_where_it_stopped(data_root, tmp_path):
     config = make_config("mlp", epochs=4, batch_size=50, val_size=100, precision="float32",
                                model_args=dict(hidden=(32, 16)))
     with pytest.raises(KeyboardInterrupt):
-        train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Interrupt()])
+        fit.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Interrupt()])
     assert [r["epoch"] for r in read_log(tmp_path / "mlp.log.csv")] == ["0", "1"]
-    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    record = fit.fit(config, data_dir=data_root, output_dir=tmp_path)
     assert record["resumed"] is True and record["epochs"] == 4
     assert [r["epoch"] for r in read_log(tmp_path / "mlp.log.csv")] == ["0", "1", "2", "3"]
 
@@ -97,8 +101,8 @@ def test_interrupted_fit_resumes_where_it_stopped(data_root, tmp_path):
 def test_a_fresh_fit_in_the_same_dir_starts_over(data_root, tmp_path):
     config = make_config("mlp", epochs=1, batch_size=50, val_size=100, precision="float32",
                                model_args=dict(hidden=(32, 16)))
-    train.fit(config, data_dir=data_root, output_dir=tmp_path)
-    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    fit.fit(config, data_dir=data_root, output_dir=tmp_path)
+    record = fit.fit(config, data_dir=data_root, output_dir=tmp_path)
     assert record["resumed"] is False and len(read_log(tmp_path / "mlp.log.csv")) == 1
 
 
@@ -133,7 +137,7 @@ def test_bad_option_value_is_rejected_by_argparse(capsys):
 
 def test_no_test_leaves_the_test_set_unseen(data_root, tmp_path, monkeypatch, capsys):
     scored = []
-    evaluate = train.evaluate_model
+    evaluate = fit.evaluate_model
     monkeypatch.setattr(train, "evaluate_model", lambda model, split, *a: scored.append(len(split)) or evaluate(model, split, *a))
     argv = ["fit", "mlp", *QUICK, "--epochs", "1", "--no-test", "--data-dir", str(data_root), "--output-dir", str(tmp_path)]
     assert cli.main(argv) == 0
@@ -151,8 +155,8 @@ def test_no_test_leaves_the_test_set_unseen(data_root, tmp_path, monkeypatch, ca
 def test_auto_precision_follows_the_hardware(flags, gpus, policy, monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
     monkeypatch.setattr(runtime, "gpus", lambda: gpus)
-    assert runtime.resolve_precision("auto") == policy
-    assert runtime.resolve_precision("float32") == "float32"
+    assert hardware.resolve_precision("auto") == policy
+    assert hardware.resolve_precision("float32") == "float32"
 
 
 TINY_MLP = dict(batch_size=50, val_size=100, precision="float32", model_args=dict(hidden=(32, 16), dropout=0.0))
@@ -177,10 +181,10 @@ def weights_of(path):
 def test_a_resumed_run_ends_as_an_uninterrupted_one(data_root, tmp_path):
     """Same batches after the resume, so the same final weights (a resume that reshuffles fails this)."""
     config = make_config("mlp", epochs=3, **TINY_MLP)
-    straight = train.fit(config, data_dir=data_root, output_dir=tmp_path / "straight")
+    straight = fit.fit(config, data_dir=data_root, output_dir=tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        train.fit(config, data_dir=data_root, output_dir=tmp_path / "resumed", extra_callbacks=[Stop(0)])
-    resumed = train.fit(config, data_dir=data_root, output_dir=tmp_path / "resumed")
+        fit.fit(config, data_dir=data_root, output_dir=tmp_path / "resumed", extra_callbacks=[Stop(0)])
+    resumed = fit.fit(config, data_dir=data_root, output_dir=tmp_path / "resumed")
     assert resumed["resumed"] and resumed["epochs"] == 3
     for a, b in zip(weights_of(tmp_path / "straight" / "mlp.keras"), weights_of(tmp_path / "resumed" / "mlp.keras")):
         assert np.allclose(a, b, atol=1e-5)
@@ -198,7 +202,7 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_before(data_root, tmp_path):
     config = make_config("mlp", epochs=3, **TINY_MLP)
     snapshot = Snapshot()
     with pytest.raises(KeyboardInterrupt):
-        train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[snapshot, Stop(0)])
+        fit.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[snapshot, Stop(0)])
     log = tmp_path / "mlp.log.csv"
     rows = read_log(log)
     rows[0]["val_accuracy"] = "1.0"  # epoch 0 scored best: no later epoch may replace its checkpoint
@@ -206,7 +210,7 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_before(data_root, tmp_path):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    record = fit.fit(config, data_dir=data_root, output_dir=tmp_path)
     assert record["best_epoch"] == 1
     for saved, best in zip(weights_of(tmp_path / "mlp.keras"), snapshot.weights):
         assert np.allclose(saved, best)
@@ -222,7 +226,7 @@ class FlatValidation(keras.callbacks.Callback):
 @pytest.mark.parametrize("patience, epochs_run", [(0, 4), (1, 2), (2, 3)])
 def test_patience_stops_a_run_that_stopped_improving(patience, epochs_run, data_root, tmp_path):
     config = make_config("mlp", epochs=4, patience=patience, **TINY_MLP)
-    record = train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[FlatValidation()])
+    record = fit.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[FlatValidation()])
     assert record["epochs"] == epochs_run
 
 
@@ -231,7 +235,7 @@ def test_patience_counts_the_epochs_before_a_resume(data_root, tmp_path):
     count would run to epoch 4)."""
     config = make_config("mlp", epochs=5, patience=2, **TINY_MLP)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Stop(1)])
+        fit.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Stop(1)])
     log = tmp_path / "mlp.log.csv"
     rows = read_log(log)
     assert len(rows) == 2
@@ -240,7 +244,7 @@ def test_patience_counts_the_epochs_before_a_resume(data_root, tmp_path):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    record = train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[FlatValidation()])
+    record = fit.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[FlatValidation()])
     assert record["resumed"] and record["epochs"] == 3
 
 
@@ -248,7 +252,7 @@ def test_fit_tta_saves_the_flip_averaged_model_and_states_its_cost(data_root, tm
     from cifar_keras import models
 
     config = make_config("mlp", epochs=1, tta=True, **TINY_MLP)
-    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    record = fit.fit(config, data_dir=data_root, output_dir=tmp_path)
     saved = keras.saving.load_model(tmp_path / "mlp.keras")
     assert saved.name == "mlp_flip_tta" and record["flip_tta"] is True
     assert "top1_flip_tta" in record["val"] and "top1_float32" in record["val"]
@@ -336,7 +340,7 @@ def test_a_plain_command_prints_no_tensorflow_start_up_lines(tmp_path):
 
 def test_time_budget_sets_the_epochs_and_ends_within_it(data_root, tmp_path):
     config = make_config("mlp", epochs=1, time_budget=0.3, **TINY_MLP)
-    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    record = fit.fit(config, data_dir=data_root, output_dir=tmp_path)
     budget = record["time_budget"]
     assert record["epochs"] == budget["planned_epochs"] == record["config"]["epochs"] > 1
     seconds_per_epoch = budget["measured"]["train_s_per_epoch"] + budget["measured"]["val_s_per_epoch"]
@@ -346,7 +350,7 @@ def test_time_budget_sets_the_epochs_and_ends_within_it(data_root, tmp_path):
 
 
 def test_a_larger_time_budget_never_plans_fewer_epochs():
-    epochs = [train.epochs_in_budget(minutes * 60, 37.5) for minutes in (0.5, 1, 2, 5, 10, 45)]
+    epochs = [fit.epochs_in_budget(minutes * 60, 37.5) for minutes in (0.5, 1, 2, 5, 10, 45)]
     assert epochs == sorted(epochs) and epochs[0] == 1 and epochs[-1] == 72
 
 
@@ -363,7 +367,7 @@ def test_weight_average_follows_every_weight_including_batchnorm_statistics():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(),
                               keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    average, recorder = train.WeightAverage(0.9, every=2), Recorder()
+    average, recorder = fit.WeightAverage(0.9, every=2), Recorder()
     x, y = np.random.default_rng(0).normal(size=(64, 4)), np.random.default_rng(1).normal(size=(64, 2))
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[recorder, average])
     snapshots = recorder.seen[1::2]  # the average is taken every second step
@@ -378,11 +382,11 @@ def test_weight_average_follows_every_weight_including_batchnorm_statistics():
 
 def test_fit_with_weight_averaging_saves_what_scores_best_on_validation(data_root, tmp_path):
     config = make_config("mlp", epochs=3, ema=0.9, **TINY_MLP)
-    record = train.fit(config, data_dir=data_root, output_dir=tmp_path)
+    record = fit.fit(config, data_dir=data_root, output_dir=tmp_path)
     val = record["val"]
     assert val["saved_weights"] == ("ema" if val["top1_ema"] > val["top1_float32"] else "best_epoch")
     from cifar_keras import data
-    from cifar_keras.evaluate import evaluate_model
+    from cifar_keras.evaluation.metrics import evaluate_model
 
     dataset = data.load(data_root)
     split = data.train_val_split(dataset.train, 100)[1]
@@ -393,26 +397,26 @@ def test_fit_with_weight_averaging_saves_what_scores_best_on_validation(data_roo
 def test_a_run_resumes_only_with_its_own_config(data_root, tmp_path, capsys):
     config = make_config("mlp", epochs=3, **TINY_MLP)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Stop(0)])
+        fit.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Stop(0)])
     argv = ["fit", "mlp", "--epochs", "5", "--batch-size", "50", "--val-size", "100", "--precision", "float32",
             "--model-args", '{"hidden": [32, 16], "dropout": 0.0}', "--hparams", "none",
             "--data-dir", str(data_root), "--output-dir", str(tmp_path)]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "with another config" in err and err.count("\n") == 1
-    assert train.fit(config, data_dir=data_root, output_dir=tmp_path)["resumed"] is True  # its own config resumes
+    assert fit.fit(config, data_dir=data_root, output_dir=tmp_path)["resumed"] is True  # its own config resumes
 
 
 def test_a_run_interrupted_before_an_option_existed_resumes(data_root, tmp_path):
     """A run saved by older code lacks options added since, which it ran at their defaults: it still resumes."""
     config = make_config("mlp", epochs=2, **TINY_MLP)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Stop(0)])
+        fit.fit(config, data_dir=data_root, output_dir=tmp_path, extra_callbacks=[Stop(0)])
     saved = tmp_path / ".work" / "mlp" / "config.json"
     older = json.loads(saved.read_text())
     del older["noise"]
     saved.write_text(json.dumps(older))
-    assert train.fit(config, data_dir=data_root, output_dir=tmp_path)["resumed"] is True
+    assert fit.fit(config, data_dir=data_root, output_dir=tmp_path)["resumed"] is True
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -7,7 +7,7 @@ import urllib.request
 import numpy as np
 from PIL import Image
 
-from cifar_keras import client
+from cifar_keras.deploy import client
 
 
 def corner_image(path):

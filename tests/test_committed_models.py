@@ -7,7 +7,7 @@ import keras
 import pytest
 
 from cifar_keras import data
-from cifar_keras.evaluate import evaluate_model
+from cifar_keras.evaluation.metrics import evaluate_model
 from conftest import REAL_DATA
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from cifar_keras import cli, config
+from cifar_keras import config
+from cifar_keras import cli
 from cifar_keras.config import FIELDS, RECIPES, RunConfig, make_config
 from cifar_keras.errors import UserError
 

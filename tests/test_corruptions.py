@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import CLASS_COLOURS
-from cifar_keras import cli, corruptions, data, report
+from cifar_keras import cli
+from cifar_keras.evaluation import corruptions
+from cifar_keras import data
+from cifar_keras.reporting import report
 
 SEVERITIES = corruptions.SEVERITIES
 

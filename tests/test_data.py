@@ -246,7 +246,7 @@ def test_real_data():
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="real CIFAR-100 not beside the repo")
 def test_shipped_class_names_match_the_real_meta():
-    from cifar_keras import classes
+    from cifar_keras.data import classes
 
     d = data.load(REAL_DATA)
     assert list(classes.FINE_NAMES) == d.fine_names and list(classes.COARSE_NAMES) == d.coarse_names

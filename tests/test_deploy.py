@@ -11,8 +11,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from cifar_keras import cli, models
-from cifar_keras.classes import FINE_NAMES
+from cifar_keras import cli
+from cifar_keras import models
+from cifar_keras.data.classes import FINE_NAMES
 
 DEPLOY = ["tf2onnx", "onnxruntime", "ai_edge_litert", "openvino", "nncf"]
 missing = [name for name in DEPLOY if importlib.util.find_spec(name) is None]
@@ -259,7 +260,7 @@ def test_int8_only_where_supported(keras_file, tmp_path, capsys):
 
 @needs_deploy
 def test_bench_inference_times_every_format_and_precision(keras_file, data_root, tmp_path, capsys):
-    from cifar_keras import runtimes
+    from cifar_keras.deploy import runtimes
 
     out = tmp_path / "inference.json"
     argv = ["bench", "--inference", "--model-file", str(keras_file), "--data-dir", str(data_root),

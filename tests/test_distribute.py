@@ -17,11 +17,11 @@ SCRIPT = textwrap.dedent("""
         import tensorflow as tf  # two logical CPU devices stand in for two GPUs
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from cifar_keras import train
+    from cifar_keras.training import fit
     from cifar_keras.config import make_config
     config = make_config("mlp", epochs=2, batch_size=25, val_size=100, precision="float32",
                          distribute="mirrored", model_args={"hidden": [32, 16]})
-    record = train.fit(config, data_dir=sys.argv[1], output_dir=sys.argv[2])
+    record = fit.fit(config, data_dir=sys.argv[1], output_dir=sys.argv[2])
     print(json.dumps(record))
 """)
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_keras import cli, models
-from cifar_keras.classes import FINE_NAMES
+from cifar_keras import cli
+from cifar_keras import models
+from cifar_keras.data.classes import FINE_NAMES
 
 ONLY_TENSORFLOW = textwrap.dedent("""
     import sys
@@ -123,7 +124,7 @@ def test_bad_images_are_reported_and_the_rest_predicted(keras_file, images, caps
 
 
 def test_rgba_is_composited_on_white(tmp_path):
-    from cifar_keras.predict import read_image
+    from cifar_keras.deploy.predict import read_image
 
     Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(tmp_path / "clear.png")
     assert (read_image(tmp_path / "clear.png") == 255).all()
@@ -156,7 +157,7 @@ def banded_photo(width=640, height=480):
 
 @pytest.mark.parametrize("width, height", [(640, 480), (480, 640)])
 def test_a_large_non_square_photo_is_centre_cropped(tmp_path, width, height):
-    from cifar_keras.predict import read_image
+    from cifar_keras.deploy.predict import read_image
 
     Image.fromarray(banded_photo(width, height)).save(tmp_path / "photo.png")
     pixels = read_image(tmp_path / "photo.png")
@@ -165,7 +166,7 @@ def test_a_large_non_square_photo_is_centre_cropped(tmp_path, width, height):
 
 
 def test_downscaling_is_antialiased(tmp_path):
-    from cifar_keras.predict import read_image
+    from cifar_keras.deploy.predict import read_image
 
     # A one-pixel checkerboard averages to mid-grey; sampling every 15th pixel (480 -> 32) without
     # low-pass filtering would give pure black or white.

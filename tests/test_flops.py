@@ -5,7 +5,7 @@ import pytest
 from keras import layers
 
 from cifar_keras import models
-from cifar_keras.flops import forward_flops, training_flops
+from cifar_keras.models.flops import forward_flops, training_flops
 
 
 def tiny(size=8):

@@ -2,7 +2,10 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_keras import cli, config, data, models
+from cifar_keras import config
+from cifar_keras import cli
+from cifar_keras import data
+from cifar_keras import models
 
 
 def test_registry_matches_the_command_line_and_the_recipes():
@@ -114,7 +117,7 @@ def test_whiten_eps_caps_how_much_the_whitening_stem_amplifies_pixel_noise():
         models.whiten_from_data(model, images)
         whiten = keras.Model(model.input, model.get_layer("whiten").output)
         response = whiten.predict(clean + noise, verbose=0) - whiten.predict(clean, verbose=0)
-        input_variance = (sigma / 255 / min(models.STD)) ** 2  # the noise's variance after normalisation (at most)
+        input_variance = (sigma / 255 / min(data.STD)) ** 2  # the noise's variance after normalisation (at most)
         gain[eps] = response[:, :31, :31].var(axis=(0, 1, 2)).max() / input_variance
     assert gain[1e-2] <= 1.1 / 1e-2
     assert gain[5e-4] > 5 * gain[1e-2]  # the default leaves those directions loud
@@ -138,7 +141,7 @@ def test_dirac_init_makes_stage_convs_start_as_the_identity():
 
 def test_muon_orthogonalises_convolution_updates_and_leaves_the_rest_to_adamw():
     from cifar_keras.config import make_config
-    from cifar_keras.train import make_optimizer
+    from cifar_keras.training.fit import make_optimizer
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(16, 3, use_bias=False, name="conv")(inputs)
@@ -170,7 +173,7 @@ def test_muon_orthogonalises_convolution_updates_and_leaves_the_rest_to_adamw():
 @pytest.mark.parametrize("decay", ["cosine", "linear"])
 def test_schedule_warms_up_linearly_then_decays_to_zero_in_its_shape(decay):
     from cifar_keras.config import make_config
-    from cifar_keras.train import make_schedule
+    from cifar_keras.training.fit import make_schedule
 
     schedule = make_schedule(make_config("cnn", learning_rate=0.4, warmup=0.25, epochs=4, decay=decay),
                              steps_per_epoch=100)
@@ -183,7 +186,7 @@ def test_schedule_warms_up_linearly_then_decays_to_zero_in_its_shape(decay):
 
 
 def test_linear_schedule_survives_saving_with_the_optimizer(tmp_path):
-    from cifar_keras.train import LinearDecay
+    from cifar_keras.training.fit import LinearDecay
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(LinearDecay(0.1, warmup_steps=2, total_steps=10)), "mse")

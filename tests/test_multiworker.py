@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_keras import cli, multiworker
+from cifar_keras import cli
+from cifar_keras.distributed import multiworker
 from cifar_keras.config import make_config
 from cifar_keras.errors import UserError
 
@@ -179,13 +180,15 @@ def test_padded_validation_batches_score_the_whole_split(data_root):
     """The static-size padded batches a cluster validates on give the loss and metrics of the split itself."""
     import keras
 
-    from cifar_keras import data, models, train
-    from cifar_keras.pipeline import make_dataset, padded_dataset
+    from cifar_keras import data
+    from cifar_keras import models
+    from cifar_keras.training import fit
+    from cifar_keras.data.pipeline import make_dataset, padded_dataset
 
     split = data.train_val_split(data.load(data_root).train, 100, seed=0)[1].take(np.arange(93))
     config = make_config("mlp", model_args=MODEL_ARGS)
     model = models.get_spec("mlp").build(**MODEL_ARGS)
-    train.compile_model(model, config, steps_per_epoch=1)
+    fit.compile_model(model, config, steps_per_epoch=1)
     plain = model.evaluate(make_dataset(split, 500), verbose=0, return_dict=True)
     padded = model.evaluate(padded_dataset(split, 40), verbose=0, return_dict=True)  # 3 batches, 27 blanks
     assert padded == pytest.approx(plain, rel=1e-5)
@@ -288,8 +291,10 @@ def test_two_processes_train_as_one_resume_and_write_one_record(tmp_path, data_r
     whole validation split's."""
     import keras
 
-    from cifar_keras import models, records, train
-    from cifar_keras.pipeline import make_dataset
+    from cifar_keras import records
+    from cifar_keras import models
+    from cifar_keras.training import fit
+    from cifar_keras.data.pipeline import make_dataset
 
     out, hooks = tmp_path / "out", tmp_path / "hooks_out"
     hooks.mkdir()
@@ -330,8 +335,8 @@ def test_two_processes_train_as_one_resume_and_write_one_record(tmp_path, data_r
 
     # Each process fed its own half of every global batch of the resumed epoch.
     config = make_config("mlp", epochs=2, batch_size=25, val_size=100, model_args=MODEL_ARGS)
-    _, train_split, val_split = train.build_inputs(config, data_root)
-    expected = [sha1s(x.numpy()) for x, _ in train.training_data(train_split, config, 50, first_epoch=1)]
+    _, train_split, val_split = fit.build_inputs(config, data_root)
+    expected = [sha1s(x.numpy()) for x, _ in fit.training_data(train_split, config, 50, first_epoch=1)]
     shares = [json.loads((hooks / f"shares-{i}.json").read_text()) for i in range(2)]
     assert len(shares[0]) == len(shares[1]) == len(expected) == 10
     for step, batch in enumerate(expected):
@@ -342,15 +347,15 @@ def test_two_processes_train_as_one_resume_and_write_one_record(tmp_path, data_r
     # The validation metrics the cluster logged are those of the whole split, evaluated by one process.
     model = models.get_spec("mlp").build(**MODEL_ARGS)
     model.set_weights([weights[0][f"arr_{i}"] for i in range(len(weights[0].files))])
-    train.compile_model(model, config, steps_per_epoch=1)
+    fit.compile_model(model, config, steps_per_epoch=1)
     single = model.evaluate(make_dataset(val_split, 500), verbose=0, return_dict=True)
     logged = records.read_log(out / "mlp.log.csv")[-1]
     assert logged["val_accuracy"] == pytest.approx(single["accuracy"], abs=1e-6)
     assert logged["val_top5"] == pytest.approx(single["top5"], abs=1e-6)
     assert logged["val_loss"] == pytest.approx(single["loss"], rel=1e-4)
     # and the saved model (the best epoch's weights) scores on its own what the record says.
-    from cifar_keras.data import load
-    from cifar_keras.evaluate import evaluate_model
+    from cifar_keras.data.cifar100 import load
+    from cifar_keras.evaluation.metrics import evaluate_model
 
     saved = evaluate_model(keras.saving.load_model(out / "mlp.keras"), val_split, load(data_root).fine_to_coarse())
     assert record["val"]["top1"] == record["val"]["top1_float32"] == round(saved["top1"], 2)

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from cifar_keras import data
-from cifar_keras.pipeline import augment, cutout, gaussian_noise, make_dataset, train_batches
+from cifar_keras.data.pipeline import augment, cutout, gaussian_noise, make_dataset, train_batches
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from cifar_keras import cli, report
+from cifar_keras import cli
+from cifar_keras.reporting import report
 from cifar_keras.errors import UserError
 
 
@@ -254,7 +255,7 @@ def test_a_screening_subfolder_gets_its_own_table(project):
 def test_accuracy_vs_compute_figure(tmp_path):
     from PIL import Image
 
-    from cifar_keras import plots
+    from cifar_keras.reporting import plots
 
     points = [{"name": "cnn", "pflop": 1.05, "top1": 70.2, "test": True, "flip_tta": None},
               {"name": "ref_e7", "pflop": 0.5, "top1": 60.0, "test": False, "flip_tta": 61.5}]
@@ -286,7 +287,9 @@ def test_a_rows_command_reproduces_its_run_after_the_recipe_changed(tmp_path):
     import dataclasses
     import shlex
 
-    from cifar_keras import cli, config, report
+    from cifar_keras import config
+    from cifar_keras import cli
+    from cifar_keras.reporting import report
 
     ran = dataclasses.replace(config.make_config("cnn"), label_smoothing=0.0, flip=not config.make_config("cnn").flip,
                               model_args={"widths": [8, 8, 8]})

@@ -4,7 +4,11 @@ import json
 
 import pytest
 
-from cifar_keras import cli, config, models, train, tune
+from cifar_keras import config
+from cifar_keras import cli
+from cifar_keras import models
+from cifar_keras.training import fit
+from cifar_keras.search import tune
 from cifar_keras.errors import UserError
 
 TINY = ["--train-size", "300", "--val-size", "100", "--precision", "float32"]
@@ -116,7 +120,7 @@ def test_search_space_defaults_are_the_built_in_recipe(model):
 
 
 def test_budget_epochs_is_the_nearest_whole_number_or_what_fits():
-    from cifar_keras.train import epochs_in_budget
+    from cifar_keras.training.fit import epochs_in_budget
 
     assert epochs_in_budget(60, 10, within=False) == 6  # 6000 images in a minute: six epochs of 1000
     assert epochs_in_budget(60, 1000 / 124, within=False) == 7  # 7.44: nearest
@@ -127,8 +131,9 @@ def test_budget_epochs_is_the_nearest_whole_number_or_what_fits():
 def test_budgeted_search_starts_from_the_recipe_and_sizes_epochs_by_speed(data_root, tmp_path):
     import keras_tuner
 
-    from cifar_keras import data, models
-    from cifar_keras.train import epochs_in_budget
+    from cifar_keras import data
+    from cifar_keras import models
+    from cifar_keras.training.fit import epochs_in_budget
 
     best, trials = search(data_root, tmp_path, "random", "--budget", "recipe")
     recipe = keras_tuner.HyperParameters()
@@ -162,7 +167,7 @@ def test_a_continued_hyperband_trial_does_not_warm_up_again(data_root):
     import numpy as np
 
     from cifar_keras import data
-    from cifar_keras.pipeline import make_dataset
+    from cifar_keras.data.pipeline import make_dataset
 
     dataset = data.load(data_root)
     train_split, val_split = dataset.train.take(np.arange(200)), dataset.train.take(np.arange(200, 300))
@@ -194,7 +199,7 @@ def test_a_continued_hyperband_trial_does_not_warm_up_again(data_root):
     assert int(model.optimizer.iterations.numpy()) == 2 * steps  # one epoch trained, on top of the inherited one
     assert seen.iterations == list(range(steps, 2 * steps))
     peak = trial_config.learning_rate
-    schedule = train.make_schedule(trial_config, steps)  # what hypermodel.build compiled the model with
+    schedule = fit.make_schedule(trial_config, steps)  # what hypermodel.build compiled the model with
     assert float(schedule(0)) == 0.0 and float(schedule(steps)) == pytest.approx(peak)  # the warm-up's start and end
     assert seen.learning_rates[0] == pytest.approx(peak)  # where the first epoch left the schedule, not 0
     # Then the cosine decay, step by step, towards zero at the trial's end.

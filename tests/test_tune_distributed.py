@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from cifar_keras import cli, tune_distributed
+from cifar_keras import cli
+from cifar_keras.search import parallel
 from cifar_keras.errors import UserError
-from cifar_keras.multiworker import free_port
+from cifar_keras.distributed.multiworker import free_port
 
 TINY = ["tune", "mlp", "--tuner", "random", "--epochs", "1", "--train-size", "300", "--val-size", "100",
         "--precision", "float32"]
@@ -21,7 +22,7 @@ HANG = 240  # seconds: a distributed search that takes longer has hung (it takes
 
 def child_env(tmp_path):
     env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for name in (*tune_distributed.VARIABLES, "CIFAR100_DATA_DIR"):
+    for name in (*parallel.VARIABLES, "CIFAR100_DATA_DIR"):
         env.pop(name, None)
     return env
 
@@ -44,14 +45,14 @@ def finish(processes, names):
 
 
 def test_role_from_flags_or_keras_tuner_variables(monkeypatch):
-    for name in tune_distributed.VARIABLES:
+    for name in parallel.VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    assert tune_distributed.resolve_role() is None
-    role = tune_distributed.resolve_role("chief", "10.0.0.1:8000", workers=2)
+    assert parallel.resolve_role() is None
+    role = parallel.resolve_role("chief", "10.0.0.1:8000", workers=2)
     assert role.chief and role.host_port == ("10.0.0.1", 8000) and role.workers == 2 and role.source == "flags"
-    assert tune_distributed.listen_address(role) == "[::]:8000"  # every interface: the workers are elsewhere
-    local = tune_distributed.resolve_role("chief", "127.0.0.1:8000")
-    assert tune_distributed.listen_address(local) == "127.0.0.1:8000"  # one machine: loopback only
+    assert parallel.listen_address(role) == "[::]:8000"  # every interface: the workers are elsewhere
+    local = parallel.resolve_role("chief", "127.0.0.1:8000")
+    assert parallel.listen_address(local) == "127.0.0.1:8000"  # one machine: loopback only
     for tuner_id, oracle, workers, message in (
             ("tuner0", None, None, "needs --oracle HOST:PORT"),
             (None, "h:8000", None, "--oracle needs --tuner-id"),
@@ -60,23 +61,23 @@ def test_role_from_flags_or_keras_tuner_variables(monkeypatch):
             ("tuner1", "h:0", None, "expected HOST:PORT"),
             (None, None, 2, "--workers is the chief's")):
         with pytest.raises(UserError, match=message):
-            tune_distributed.resolve_role(tuner_id, oracle, workers)
+            parallel.resolve_role(tuner_id, oracle, workers)
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner3")
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "chief.example")
     with pytest.raises(UserError, match="KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT go together"):
-        tune_distributed.resolve_role()
+        parallel.resolve_role()
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "9000")
-    role = tune_distributed.resolve_role()
+    role = parallel.resolve_role()
     assert (role.tuner_id, role.oracle, role.chief) == ("tuner3", "chief.example:9000", False)
     assert "KERASTUNER_" in role.source
-    assert tune_distributed.resolve_role("tuner0").tuner_id == "tuner0"  # a flag wins over its variable
-    with tune_distributed.environment(None):  # a search in one process sees none of them
-        assert not any(name in os.environ for name in tune_distributed.VARIABLES)
+    assert parallel.resolve_role("tuner0").tuner_id == "tuner0"  # a flag wins over its variable
+    with parallel.environment(None):  # a search in one process sees none of them
+        assert not any(name in os.environ for name in parallel.VARIABLES)
     assert os.environ["KERASTUNER_TUNER_ID"] == "tuner3"  # and they are back afterwards
 
 
 def test_launch_commands_and_their_errors():
-    chief, *workers = tune_distributed.launch_commands(["--", *TINY], 2)
+    chief, *workers = parallel.launch_commands(["--", *TINY], 2)
     assert chief[1:3] == ["-m", "cifar_keras"] and chief[3:3 + len(TINY)] == TINY
     oracle = chief[chief.index("--oracle") + 1]
     assert oracle.startswith("127.0.0.1:")
@@ -84,7 +85,7 @@ def test_launch_commands_and_their_errors():
     assert [w[-4:] for w in workers] == [["--tuner-id", f"tuner{i}", "--oracle", oracle] for i in range(2)]
     for flag in ("--tuner-id", "--oracle=h:1", "--workers"):
         with pytest.raises(UserError, match=f"launch sets the chief and the workers itself: drop {flag.split('=')[0]}"):
-            tune_distributed.launch_commands([*TINY, flag, "x"], 2)
+            parallel.launch_commands([*TINY, flag, "x"], 2)
 
 
 def test_bad_distributed_options_are_one_line_errors(data_root, tmp_path, capsys):

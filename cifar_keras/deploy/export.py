@@ -28,9 +28,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifar_keras.classes import FINE_NAMES
+from cifar_keras.data.classes import FINE_NAMES
 from cifar_keras.errors import UserError
-from cifar_keras.runtimes import INT8_FILES, MODEL_FILES, RUNTIMES, require
+from cifar_keras.deploy.runtimes import INT8_FILES, MODEL_FILES, RUNTIMES, require
 
 LABELS_FILE = Path("assets.extra") / "labels.txt"
 FORMATS = ("saved_model", "onnx", "litert", "openvino")

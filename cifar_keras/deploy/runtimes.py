@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_keras.classes import FINE_NAMES
+from cifar_keras.data.classes import FINE_NAMES
 from cifar_keras.errors import UserError
 
 DEPLOY_EXTRA = "pip install -e '.[deploy]'"

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from cifar_keras import models
-from cifar_keras.pipeline import predict_outputs
+from cifar_keras.data.pipeline import predict_outputs
 
 BINS = 15  # the usual ECE binning (Guo et al., 2017)
 TEMPERATURE_RANGE = (0.05, 20.0)

@@ -516,7 +516,7 @@ def benchmark(score, split, names=CORRUPTIONS, severities=SEVERITIES, seed=0, pr
     "summary": {"mean_corruption_top1" (mean over all pairs), "top1_drop" (clean minus that),
     "by_corruption" (mean top-1 over the severities), "by_severity" (mean top-1 over the corruptions)},
     "corruption_time_s", "scoring_time_s"}."""
-    from cifar_keras.data import Split
+    from cifar_keras.data.cifar100 import Split
 
     bar = Progress(1 + len(names) * len(severities), stream=None if progress else _Silent())
     timing = {"corruption": 0.0, "scoring": 0.0}

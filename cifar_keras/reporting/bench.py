@@ -28,7 +28,7 @@ PRECISIONS = ("float32", "bfloat16")
 
 def synthetic_split(n):
     """`n` random images and labels, the same in every process (seeded)."""
-    from cifar_keras.data import Split
+    from cifar_keras.data.cifar100 import Split
 
     rng = np.random.default_rng(0)
     return Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, n), np.zeros(n, int))
@@ -39,8 +39,8 @@ def measure(model_name, precision, batch_size, steps, warmup):
     import keras
 
     from cifar_keras.config import make_config
-    from cifar_keras.runtime import resolve_precision
-    from cifar_keras.train import build_compiled, pipeline_throughput, train_throughput, training_data
+    from cifar_keras.hardware import resolve_precision
+    from cifar_keras.training.fit import build_compiled, pipeline_throughput, train_throughput, training_data
 
     policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
@@ -60,7 +60,7 @@ def run(model_name="cnn", backends=BACKENDS, precisions=PRECISIONS, batch_size=2
     for backend in backends:
         for precision in precisions:
             env = {**os.environ, "KERAS_BACKEND": backend}
-            args = [sys.executable, "-m", "cifar_keras.bench", model_name, precision, str(batch_size), str(steps),
+            args = [sys.executable, "-m", "cifar_keras.reporting.bench", model_name, precision, str(batch_size), str(steps),
                     str(warmup)]
             print(f"bench: {backend} {precision} ...", file=sys.stderr, flush=True)
             done = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -79,7 +79,7 @@ def run(model_name="cnn", backends=BACKENDS, precisions=PRECISIONS, batch_size=2
 def parse_layouts(text):
     """[(processes, cores per process), ...] from 'PxC,PxC' (e.g. '1x2,2x1'), checked against this machine's cores."""
     from cifar_keras.errors import UserError
-    from cifar_keras.multiworker import core_shares
+    from cifar_keras.distributed.multiworker import core_shares
 
     layouts = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
@@ -109,16 +109,16 @@ def measure_cluster(model_name, batch_size, steps, warmup, result_file):
     """In each process of a cluster (Keras' KERAS_DISTRIBUTION_* variables; one process alone when they say 1):
     float32 fit() steps of MODEL with `batch_size` images per process, DataParallel over every process's device.
     Process 0 writes the cluster's images/s and the machine's network bytes sent per step to `result_file`."""
-    from cifar_keras import multiworker
+    from cifar_keras.distributed import multiworker
 
     processes = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1"))
     team = multiworker.join_cluster(multiworker.resolve_cluster()) if processes > 1 else multiworker.Team()
     import jax
     import keras
 
-    from cifar_keras import runtime
+    from cifar_keras import hardware
     from cifar_keras.config import make_config
-    from cifar_keras.train import StepTimer, build_compiled, train_throughput, training_data
+    from cifar_keras.training.fit import StepTimer, build_compiled, train_throughput, training_data
 
     class NetworkTimer(StepTimer):
         """A StepTimer that also reads the machine's bytes sent where the timed steps start and end."""
@@ -131,7 +131,7 @@ def measure_cluster(model_name, batch_size, steps, warmup, result_file):
 
     keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(0)
-    with runtime.data_parallel("multiworker" if processes > 1 else "none") as (scope, replicas):
+    with hardware.data_parallel("multiworker" if processes > 1 else "none") as (scope, replicas):
         global_batch = batch_size * replicas
         config = make_config(model_name, batch_size=batch_size, epochs=1)
         with scope():
@@ -156,14 +156,14 @@ def run_processes_bench(model_name="cnn", layouts=((1, 2), (2, 1)), batch_size=2
     measure_cluster. Returns one result per layout (a failure is recorded, not fatal)."""
     import tempfile
 
-    from cifar_keras import multiworker
+    from cifar_keras.distributed import multiworker
 
     results = []
     for processes, cores in layouts:
         print(f"bench: {processes} process(es) x {cores} core(s) ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as scratch:
             result_file = os.path.join(scratch, "result.json")
-            command = [sys.executable, "-m", "cifar_keras.bench", "--cluster", model_name, str(batch_size),
+            command = [sys.executable, "-m", "cifar_keras.reporting.bench", "--cluster", model_name, str(batch_size),
                        str(steps), str(warmup), result_file]
             env = {**os.environ, "KERAS_BACKEND": "jax"}
             env.pop("XLA_FLAGS", None)  # one CPU device per process
@@ -201,7 +201,7 @@ INT8_CPU_FEATURES = {"avx512_vnni", "avx_vnni", "amx_int8"}  # what int8 kernels
 def inference_rows(formats, precisions, bf16_available):
     """(format, precision) pairs to time: float32 everywhere, int8 where an int8 export exists (litert,
     openvino), bfloat16 where the runtime computes a float32 model in it (openvino, on CPUs that can)."""
-    from cifar_keras.export import INT8_FORMATS
+    from cifar_keras.deploy.export import INT8_FORMATS
 
     rows = []
     for fmt in formats:
@@ -226,7 +226,7 @@ def time_inference(model_path, precision, batch_size, steps, warmup, latency_run
     `steps` calls) of one model in its runtime, in this process, after `warmup` untimed calls of each size."""
     import time
 
-    from cifar_keras import runtimes
+    from cifar_keras.deploy import runtimes
 
     predictor = runtimes.load(model_path, "bfloat16" if precision == "bfloat16" else None, threads)
     rng = np.random.default_rng(0)
@@ -253,7 +253,7 @@ def time_inference(model_path, precision, batch_size, steps, warmup, latency_run
 
 def check_inference_runtimes(formats, int8):
     """One-line UserError (which extra to install) for the first runtime or converter that is missing."""
-    from cifar_keras.runtimes import RUNTIMES, require
+    from cifar_keras.deploy.runtimes import RUNTIMES, require
 
     needs = {"onnx": [("tf2onnx", "tf2onnx")], "openvino": [("nncf", "nncf")] if int8 else []}
     for fmt in formats:
@@ -269,8 +269,9 @@ def run_inference(model_file, formats=INFERENCE_FORMATS, precisions=INFERENCE_PR
     import tempfile
     from pathlib import Path
 
-    from cifar_keras import models, runtimes
-    from cifar_keras.export import INT8_FORMATS, artifacts, export_model
+    from cifar_keras import models
+    from cifar_keras.deploy import runtimes
+    from cifar_keras.deploy.export import INT8_FORMATS, artifacts, export_model
 
     int8 = "int8" in precisions and any(fmt in INT8_FORMATS for fmt in formats)
     check_inference_runtimes(formats, int8)
@@ -291,7 +292,7 @@ def run_inference(model_file, formats=INFERENCE_FORMATS, precisions=INFERENCE_PR
                 paths[("openvino", "bfloat16")] = paths[("openvino", "float32")]
         for fmt, precision in rows:
             path = paths[(fmt, precision)]
-            args = [sys.executable, "-m", "cifar_keras.bench", "--inference", str(path), precision, str(batch_size),
+            args = [sys.executable, "-m", "cifar_keras.reporting.bench", "--inference", str(path), precision, str(batch_size),
                     str(steps), str(warmup), str(latency_runs), str(threads or 0)]
             print(f"bench: {fmt} {precision} ...", file=sys.stderr, flush=True)
             done = subprocess.run(args, capture_output=True, text=True)
@@ -330,7 +331,7 @@ def inference_table(record):
 
 if __name__ == "__main__":
     if sys.argv[1] == "--cluster":
-        from cifar_keras import multiworker
+        from cifar_keras.distributed import multiworker
         from cifar_keras.errors import UserError
 
         name, batch, steps, warmup, result_file = sys.argv[2:7]

@@ -17,11 +17,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifar_keras import calibrate, data, flops, models, multiworker, records, runtime
+from cifar_keras import records
+from cifar_keras.evaluation import calibration
+from cifar_keras import data
+from cifar_keras.models import flops
+from cifar_keras import models
+from cifar_keras.distributed import multiworker
+from cifar_keras import hardware
 from cifar_keras.config import check_low_res, upgrade
 from cifar_keras.errors import UserError
-from cifar_keras.evaluate import evaluate_model, metrics
-from cifar_keras.pipeline import make_dataset, padded_dataset, train_batches
+from cifar_keras.evaluation.metrics import evaluate_model, metrics
+from cifar_keras.data.pipeline import make_dataset, padded_dataset, train_batches
 
 
 # --- optimiser and compile: shared with `tune` and `bench` -------------------------------------
@@ -455,7 +461,7 @@ class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 def float32_copy(config, weights):
-    with runtime.precision_policy("float32"):
+    with hardware.precision_policy("float32"):
         model = models.get_spec(config.model).build(**config.model_args)
     model.set_weights(weights)
     return model
@@ -492,18 +498,18 @@ def finalise(plan, model, averaged, dataset, val_split):
 
 
 def calibrated(final, dataset, val_split, use_test):
-    """`final` with a temperature fitted on validation folded in (calibrate.py), the calibration record,
+    """`final` with a temperature fitted on validation folded in (calibration.py), the calibration record,
     and the test scores of exactly that model (None without the test set), from one pass over the test images.
 
     Always on, no option: the temperature minimises the validation NLL with T = 1 among the candidates,
     so it cannot raise it, and dividing the logits by T > 0 leaves every predicted class as it was."""
     test_split = dataset.test if use_test else None
-    final, calibration, test_logits = calibrate.calibrate(final, val_split, test_split)
+    final, calibration, test_logits = calibration.calibrate(final, val_split, test_split)
     test = None
     if use_test:
-        probabilities = calibrate.probabilities(test_logits, calibration["temperature"])
+        probabilities = calibration.probabilities(test_logits, calibration["temperature"])
         test = metrics(probabilities, test_split.fine, test_split.coarse, dataset.fine_to_coarse())
-    return final, calibrate.rounded(calibration), test
+    return final, calibration.rounded(calibration), test
 
 
 def compute(base, final, train_images_seen, low_res=None):
@@ -562,7 +568,7 @@ def make_record(plan, command, hparams, base, final, val_scores, test, calibrati
         "calibration": calibration,
         "config": config.to_dict(),
         "code": records.code_version(),
-        **runtime.environment(),
+        **hardware.environment(),
         "files": {k: str(paths[k]) for k in ("model", "log")},
     }
 
@@ -581,8 +587,8 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
     paths, first_epoch = prepare_shared_run_folder(team, output_dir, name, config)
     keras.utils.set_random_seed(config.seed)
     dataset, train_split, val_split = build_inputs(config, data_dir)
-    with runtime.precision_policy(config.precision) as precision, \
-            runtime.data_parallel(config.distribute) as (scope, replicas):
+    with hardware.precision_policy(config.precision) as precision, \
+            hardware.data_parallel(config.distribute) as (scope, replicas):
         plan = make_plan(config, name, paths, first_epoch, precision, replicas, len(train_split), team.processes,
                          team.primary)
         budget = None
@@ -597,7 +603,7 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
         print(f"fit: {name} = {config.model} ({'recipe of ' + hparams['path'] if hparams else 'built-in recipe'}), "
               f"{keras.backend.backend()} backend, {precision}, {replicas} replica(s) "
               f"{f'in {team.processes} processes ' if team.processes > 1 else ''}on "
-              f"{', '.join(runtime.gpus()) or runtime.cpu_model()}, {len(train_split)} training images, "
+              f"{', '.join(hardware.gpus()) or hardware.cpu_model()}, {len(train_split)} training images, "
               f"{plan.config.epochs} epochs" + (f", resuming after epoch {first_epoch}" if first_epoch else ""),
               flush=True)
         model, averaged = train(plan, train_split, val_split, scope, extra_callbacks)

@@ -1,14 +1,14 @@
 """A small TF Serving REST client: image files in, top-5 class names out.
 
-    from cifar_keras.client import predict_rest
+    from cifar_keras.deploy.client import predict_rest
     predict_rest("http://localhost:8501/v1/models/cnn:predict", ["cat.png"])
 """
 
 import json
 import urllib.request
 
-from cifar_keras.classes import FINE_NAMES
-from cifar_keras.predict import read_image
+from cifar_keras.data.classes import FINE_NAMES
+from cifar_keras.deploy.predict import read_image
 
 
 def build_request(image_paths):

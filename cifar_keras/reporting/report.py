@@ -72,9 +72,10 @@ def load_fit_records(folder):
 @functools.lru_cache(maxsize=None)
 def _float32_model(name, model_args_json):
     """The model `name` built (float32) with its JSON-encoded `model_args`; cached per model and args."""
-    from cifar_keras import models, runtime
+    from cifar_keras import models
+    from cifar_keras import hardware
 
-    with runtime.precision_policy("float32"):
+    with hardware.precision_policy("float32"):
         return models.get_spec(name).build(**json.loads(model_args_json))
 
 
@@ -82,7 +83,8 @@ def training_compute(record):
     """The record's "compute" block; for older records, the same keys counted from its model and config."""
     if "compute" in record:
         return record["compute"]
-    from cifar_keras import flops, models
+    from cifar_keras.models import flops
+    from cifar_keras import models
 
     config = record["config"]
     model = _float32_model(record["model"], json.dumps(config["model_args"], sort_keys=True))
@@ -181,8 +183,8 @@ def model_figures(model, dataset, out_dir, split=None):
     """Confusion, per-class and example figures of `model` on `split` (default: the test set)."""
     import numpy as np
 
-    from cifar_keras import plots
-    from cifar_keras.evaluate import predict_probabilities
+    from cifar_keras.reporting import plots
+    from cifar_keras.evaluation.metrics import predict_probabilities
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +214,8 @@ def epoch_logs(folder):
 
 def write_analysis(records_dir, figures_dir, readme_dir, data_dir=None, name="cnn"):
     """Curves of every fit run, figures of the `name` model; the markdown that shows them in README."""
-    from cifar_keras import data, plots
+    from cifar_keras import data
+    from cifar_keras.reporting import plots
     from cifar_keras.models import load_keras_model
 
     # Model and data first: a missing one is a one-line error before any figure is written.
@@ -376,7 +379,7 @@ def corruption_table(records_dir):
 
 def corruption_figure(records_dir, path):
     """Top-1 against severity (0: clean; mean over the corruptions) of every corruption record; False if none."""
-    from cifar_keras import plots
+    from cifar_keras.reporting import plots
 
     found = corruption_records(records_dir)
     if not found:
@@ -460,7 +463,7 @@ def update_readme(readme, records_dir, analysis=None):
     tuning = tuning_tables(Path(readme).parent / "tuning")
     benches = [bench_table(path) for path in sorted(Path(records_dir).glob("bench*.json"))]
     if (Path(records_dir) / "inference.json").is_file():  # bench --inference
-        from cifar_keras.bench import inference_table
+        from cifar_keras.reporting.bench import inference_table
 
         benches.append(inference_table(records.read(Path(records_dir) / "inference.json")))
     sections = [results_table(load_fit_records(records_dir)), *benches, corruption_table(records_dir),

@@ -235,7 +235,7 @@ def work(tuner, role, **search_kwargs):
 def launch_commands(arguments, workers, host="127.0.0.1"):
     """The argv of the chief and of each of `workers` workers, from `launch`'s arguments (a tune command), on a free
     port of `host`."""
-    from cifar_keras.multiworker import free_port
+    from cifar_keras.distributed.multiworker import free_port
 
     arguments = list(arguments)
     if arguments[:1] == ["--"]:

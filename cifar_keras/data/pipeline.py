@@ -9,7 +9,7 @@ seeded run sees the same batches and the same crops/flips every time, resumed or
 import numpy as np
 import tensorflow as tf
 
-from cifar_keras.data import NUM_CLASSES
+from cifar_keras.data.cifar100 import NUM_CLASSES
 
 
 def random_crop(images, pad, seed):

@@ -154,7 +154,7 @@ def data_parallel(kind):
     if kind == "multiworker":
         import jax
 
-        from cifar_keras.multiworker import NEEDS_JAX
+        from cifar_keras.distributed.multiworker import NEEDS_JAX
 
         if backend != "jax":
             raise UserError(NEEDS_JAX)

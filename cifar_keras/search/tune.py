@@ -19,11 +19,15 @@ from pathlib import Path
 import keras
 import keras_tuner
 
-from cifar_keras import data, models, records, runtime, tune_distributed
+from cifar_keras import records
+from cifar_keras import data
+from cifar_keras import models
+from cifar_keras import hardware
+from cifar_keras.search import parallel
 from cifar_keras.config import make_config
 from cifar_keras.errors import UserError
-from cifar_keras.pipeline import make_dataset
-from cifar_keras.train import (build_compiled, compile_model, epochs_in_budget, train_throughput,
+from cifar_keras.data.pipeline import make_dataset
+from cifar_keras.training.fit import (build_compiled, compile_model, epochs_in_budget, train_throughput,
                                training_data, verbosity)
 
 TUNERS = ("random", "hyperband", "bayesian")
@@ -137,7 +141,7 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, bu
     """Run (or continue) a search; write trials.json, best_hparams.json and a run record.
 
     budget: None (every trial trains `epochs`), minutes of a full training run, or "recipe".
-    role: this process's tune_distributed.Role in a distributed search (None: the search in this process). The
+    role: this process's parallel.Role in a distributed search (None: the search in this process). The
       chief serves the search and writes the summaries; a worker runs trials and returns (None, its trial ids).
     options: RunConfig fields every trial shares (train_size, val_size, seed, precision, ...).
     """
@@ -154,13 +158,13 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, bu
     train, val = data.train_val_split(dataset.train, shared.val_size, shared.train_size, seed)
     hypermodel = CifarHyperModel(model_name, train, epochs=epochs, **options)
     folder = Path(tuning_dir) / model_name
-    with tune_distributed.environment(role):  # KerasTuner reads a distributed role when the tuner is made
+    with parallel.environment(role):  # KerasTuner reads a distributed role when the tuner is made
         tuner = make_tuner(kind, hypermodel, folder, max_trials, max_epochs, seed)
         if role is not None and not role.chief:  # a worker: trials from the chief; it writes no summary
-            with runtime.precision_policy(precision):
+            with hardware.precision_policy(precision):
                 if budget is not None:  # minutes (not "recipe", see above): this subset's share, as below
                     hypermodel.budget_s = 60 * float(budget) * len(train) / (len(dataset.train) - len(val))
-                return None, tune_distributed.work(tuner, role, validation_data=make_dataset(val, 500), epochs=epochs)
+                return None, parallel.work(tuner, role, validation_data=make_dataset(val, 500), epochs=epochs)
     if not tuner.oracle.trials and (folder / "search" / "oracle.json").is_file():
         tuner.oracle.reload()  # a search that another tuner id (a distributed search's chief, ...) ran here
     completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
@@ -168,15 +172,15 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, bu
     # Wall time accumulates over resumed runs; unknown if earlier runs left no record.
     earlier_time = earlier.get("search_wall_time_s") if earlier else (0.0 if not tuner.oracle.trials else None)
     cost, given = {}, None
-    with runtime.precision_policy(precision) as policy:
+    with hardware.precision_policy(precision) as policy:
         if budget is not None:
             cost = full_run_budget(hypermodel, budget, len(dataset.train) - len(val))
             # A trial on a subset gets the subset's share of the budget: as many epochs as the full run.
             hypermodel.budget_s = 60 * cost["budget_minutes"] * len(train) / (len(dataset.train) - len(val))
         if role is not None and (len(completed) < max_trials or role.workers):
-            given = tune_distributed.serve(tuner, role)  # the workers train; with --workers, all are told it is over
+            given = parallel.serve(tuner, role)  # the workers train; with --workers, all are told it is over
         elif len(completed) < max_trials:  # a finished search only rewrites its summaries
-            with tune_distributed.environment(role):
+            with parallel.environment(role):
                 tuner.search(validation_data=make_dataset(val, 500), epochs=epochs)
 
     best_hp = tuner.get_best_hyperparameters(1)[0]
@@ -196,7 +200,7 @@ def tune(model_name, kind="hyperband", max_trials=10, epochs=3, max_epochs=9, bu
         "val_images": len(val), "seed": seed, "precision": policy, "trials": len(trials),
         "run_wall_time_s": round(time.perf_counter() - started, 1),
         "search_wall_time_s": None if earlier_time is None else round(earlier_time + time.perf_counter() - started, 1),
-        "best": best, **runtime.environment(), "code": records.code_version(),
+        "best": best, **hardware.environment(), "code": records.code_version(),
         # This run's chief: its address and the trials it gave each worker (a trial retried after a failure may
         # be listed under two workers).
         "distributed": None if role is None else {"oracle": role.oracle, "workers": role.workers,

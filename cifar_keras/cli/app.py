@@ -14,7 +14,8 @@ import traceback
 from pathlib import Path
 
 from cifar_keras import config as run_config
-from cifar_keras import multiworker, tune_distributed
+from cifar_keras.distributed import multiworker
+from cifar_keras.search import parallel
 from cifar_keras.config import DEFAULTS, MODEL_NAMES
 from cifar_keras.errors import UserError
 
@@ -138,7 +139,8 @@ def resolve_hparams(option, model):
 def run_fit(args, argv):
     import keras
 
-    from cifar_keras import models, train
+    from cifar_keras import models
+    from cifar_keras.training import fit
 
     cluster = cluster_of(args)
     if cluster:  # joined before anything runs on JAX (checking --model-args builds a model)
@@ -148,7 +150,7 @@ def run_fit(args, argv):
     config = run_config.make_config(args.model, hparams=hparams, model_args=model_args,
                                     **run_config.overrides(args, FIT_OPTIONS))
     callbacks = [keras.callbacks.TensorBoard(args.tensorboard)] if args.tensorboard else []
-    record = train.fit(config, data_dir=args.data_dir, output_dir=args.output_dir, name=args.name,
+    record = fit.fit(config, data_dir=args.data_dir, output_dir=args.output_dir, name=args.name,
                        command=command_line(argv), hparams=provenance, extra_callbacks=callbacks, cluster=cluster)
     if record is None:  # a process other than 0 of a cluster
         print(f"process {cluster.process_id} of {cluster.num_processes}: training done; process 0 writes the model "
@@ -185,7 +187,7 @@ def run_launch(args, argv):
     if args.command[args.command[:1] == ["--"]:][:1] == ["tune"]:  # the chief, then the workers
         if args.cores_per_process:
             raise UserError("--cores-per-process is for fit (a tune's workers share the machine's cores)")
-        return multiworker.supervise(tune_distributed.launch_commands(args.command, args.processes))
+        return multiworker.supervise(parallel.launch_commands(args.command, args.processes))
     return multiworker.run_processes(multiworker.launch_command(args.command), args.processes,
                                      cores_per_process=args.cores_per_process)
 
@@ -242,7 +244,7 @@ def comma_list(flag, text, allowed):
 def corruption_selection(args):
     """(corruption names, severities) that evaluate --corruptions runs; one-line errors for bad values, and for
     benchmark options without --corruptions."""
-    from cifar_keras.corruptions import CORRUPTIONS, SEVERITIES
+    from cifar_keras.evaluation.corruptions import CORRUPTIONS, SEVERITIES
 
     given = [flag for flag, value in (("--corruption-images", args.corruption_images),
                                       ("--corruption-types", args.corruption_types),
@@ -267,7 +269,10 @@ def corruption_selection(args):
 def run_corruption_benchmark(args, argv, selection, model, split, score, deployed, record_path):
     """evaluate --corruptions: `score` (Split -> metrics) on the clean images and under every selected corruption
     x severity; writes the run record to `record_path` and prints the table."""
-    from cifar_keras import corruptions, data, records, runtime
+    from cifar_keras import records
+    from cifar_keras.evaluation import corruptions
+    from cifar_keras import data
+    from cifar_keras import hardware
 
     selected = "all"
     if args.corruption_images is not None and args.corruption_images < len(split):
@@ -288,15 +293,19 @@ def run_corruption_benchmark(args, argv, selection, model, split, score, deploye
               "corruption_seed": args.corruption_seed, "corruption_types": names, "severities": severities,
               "corruption_method": "Hendrycks & Dietterich (ICLR 2019) CIFAR-10-C/100-C parameters, cifar_keras/"
               "corruptions.py (frost: synthetic frost textures)",
-              **result, "code": records.code_version(), **runtime.environment()}
+              **result, "code": records.code_version(), **hardware.environment()}
     records.write(record_path, record)
     print(corruptions.table(record))
     print(f"record: {record_path}")
 
 
 def run_evaluate(args, argv):
-    from cifar_keras import data, models, records, runtime, runtimes
-    from cifar_keras.evaluate import evaluate_model, evaluate_predictor
+    from cifar_keras import records
+    from cifar_keras import data
+    from cifar_keras import models
+    from cifar_keras import hardware
+    from cifar_keras.deploy import runtimes
+    from cifar_keras.evaluation.metrics import evaluate_model, evaluate_predictor
 
     fmt = runtimes.detect(args.model_path)[0]  # .keras, or any export, in its own runtime
     if fmt != "keras" and args.report_dir:
@@ -324,11 +333,11 @@ def run_evaluate(args, argv):
                                         lambda m, s: score(m, s, dataset.fine_to_coarse()), deployed, record_path)
     result = score(model, split, dataset.fine_to_coarse())
     record = {"kind": "evaluate", "model_path": str(args.model_path), **deployed, "split": args.split,
-              "command": command_line(argv), args.split: result, **runtime.environment()}
+              "command": command_line(argv), args.split: result, **hardware.environment()}
     if args.output:
         records.write(args.output, record)
     if args.report_dir:
-        from cifar_keras.report import model_figures
+        from cifar_keras.reporting.report import model_figures
 
         facts = model_figures(model, dataset, args.report_dir, split)
         print(f"figures: {', '.join(str(p) for p in facts['figures'].values())}", file=sys.stderr)
@@ -357,7 +366,11 @@ def add_calibrate_parser(sub):
 
 
 def run_calibrate(args, argv):
-    from cifar_keras import calibrate, data, models, records, runtime
+    from cifar_keras import records
+    from cifar_keras.evaluation import calibration
+    from cifar_keras import data
+    from cifar_keras import models
+    from cifar_keras import hardware
 
     source = Path(args.model_path)
     output = Path(args.output or source.with_name(f"{source.stem}_calibrated.keras"))
@@ -369,25 +382,25 @@ def run_calibrate(args, argv):
     model = models.load_keras_model(source)
     dataset = data.load(args.data_dir)
     val = data.train_val_split(dataset.train, args.val_size, seed=args.seed)[1]
-    calibrated, result, test_logits = calibrate.calibrate(model, val, dataset.test)
+    calibrated, result, test_logits = calibration.calibrate(model, val, dataset.test)
     temperature = result["temperature"]
-    if not calibrate.TEMPERATURE_RANGE[0] * 1.001 < temperature < calibrate.TEMPERATURE_RANGE[1] / 1.001:
+    if not calibration.TEMPERATURE_RANGE[0] * 1.001 < temperature < calibration.TEMPERATURE_RANGE[1] / 1.001:
         print(f"calibrate: warning: T = {temperature:.4g} is at the end of the searched range "
-              f"{calibrate.TEMPERATURE_RANGE}", file=sys.stderr)
+              f"{calibration.TEMPERATURE_RANGE}", file=sys.stderr)
     output.parent.mkdir(parents=True, exist_ok=True)
     calibrated.save(output)
-    previous = calibrate.temperature_of(model)
+    previous = calibration.temperature_of(model)
     record = {"kind": "calibrate", "model_path": str(source), "output": str(output), "command": command_line(argv),
               "temperature": result["temperature"], "temperature_before": previous, "bins": result["bins"],
               "val_size": args.val_size, "seed": args.seed, "val_images": len(val), "test_images": len(dataset.test),
-              "val": result["val"], "test": result["test"], "code": records.code_version(), **runtime.environment()}
-    record = calibrate.rounded(record)
+              "val": result["val"], "test": result["test"], "code": records.code_version(), **hardware.environment()}
+    record = calibration.rounded(record)
     if args.figure:
-        from cifar_keras.plots import reliability_diagram
+        from cifar_keras.reporting.plots import reliability_diagram
 
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-        reliability_diagram({"before": calibrate.probabilities(test_logits),
-                             f"after (T = {temperature:.2f})": calibrate.probabilities(test_logits, temperature)},
+        reliability_diagram({"before": calibration.probabilities(test_logits),
+                             f"after (T = {temperature:.2f})": calibration.probabilities(test_logits, temperature)},
                             dataset.test.fine, args.figure, f"{source.name}: reliability on the test set "
                             f"({len(dataset.test)} images)")
         record["figure"] = str(args.figure)
@@ -444,18 +457,18 @@ def add_tune_parser(sub):
                              "told the search is over (default: once every worker it heard from was, so a worker "
                              "starting later waits in vain)")
     distributed.add_argument("--oracle-timeout", type=positive(float, "must be a positive number of seconds"),
-                             default=tune_distributed.DEFAULT_TIMEOUT, metavar="SECONDS",
+                             default=parallel.DEFAULT_TIMEOUT, metavar="SECONDS",
                              help="how long a worker waits for the chief's answer, and the chief (with --workers), "
                              "after the last trial, for workers that never asked "
-                             f"(default {tune_distributed.DEFAULT_TIMEOUT})")
+                             f"(default {parallel.DEFAULT_TIMEOUT})")
     parser.set_defaults(handler=run_tune)
 
 
 def run_tune(args, argv):
-    from cifar_keras.tune import tune
+    from cifar_keras.search.tune import tune
 
     options = {k: v for k, v in run_config.overrides(args, TUNE_OPTIONS).items() if v is not None}
-    role = tune_distributed.resolve_role(args.tuner_id, args.oracle, args.workers, args.oracle_timeout)
+    role = parallel.resolve_role(args.tuner_id, args.oracle, args.workers, args.oracle_timeout)
     best, trials = tune(args.model, kind=args.tuner, max_trials=args.max_trials, epochs=args.epochs,
                         max_epochs=args.max_epochs, budget=args.budget, data_dir=args.data_dir,
                         tuning_dir=args.tuning_dir, command=command_line(argv), role=role, **options)
@@ -507,11 +520,11 @@ def run_export(args, argv):
     import numpy as np
 
     from cifar_keras import models
-    from cifar_keras.export import artifacts, calibration_images, check_format, export_model, verify
+    from cifar_keras.deploy.export import artifacts, calibration_images, check_format, export_model, verify
 
     check_format(args.format, args.int8)
     if not args.no_verify:  # before writing anything
-        from cifar_keras.runtimes import RUNTIMES, require
+        from cifar_keras.deploy.runtimes import RUNTIMES, require
 
         require(*RUNTIMES[args.format], f"verifying the {args.format} export")
     model = models.load_keras_model(args.model_path)
@@ -541,12 +554,13 @@ def run_export(args, argv):
               f"model on {100 * checks[-1]['top1_agreement']:.1f} % of {what}, max |probability difference| "
               f"{checks[-1]['max_abs_diff']:.1e}")
     if args.record:
-        from cifar_keras import records, runtime
+        from cifar_keras import records
+        from cifar_keras import hardware
 
         records.write(args.record, {"kind": "export", "model_path": str(args.model_path), "format": args.format,
                                     "export": str(target), "verified_on": what, "verification": checks,
                                     "command": command_line(argv), "code": records.code_version(),
-                                    **runtime.environment()})
+                                    **hardware.environment()})
 
 
 def add_predict_parser(sub):
@@ -563,7 +577,7 @@ def add_predict_parser(sub):
 
 
 def run_predict(args, argv):
-    from cifar_keras.predict import predict_files
+    from cifar_keras.deploy.predict import predict_files
 
     results, errors = predict_files(args.model, args.images)
     if args.json:
@@ -624,8 +638,10 @@ def add_bench_parser(sub):
 
 
 def run_bench_inference(args, argv):
-    from cifar_keras import bench, records, runtime
-    from cifar_keras.export import calibration_images
+    from cifar_keras import records
+    from cifar_keras.reporting import bench
+    from cifar_keras import hardware
+    from cifar_keras.deploy.export import calibration_images
 
     formats = comma_list("--formats", args.formats, bench.INFERENCE_FORMATS)
     precisions = comma_list("--precisions", args.precisions or "float32,int8,bfloat16", bench.INFERENCE_PRECISIONS)
@@ -636,9 +652,9 @@ def run_bench_inference(args, argv):
         calibration = calibration_images(args.data_dir, args.calibration_images)
     results = bench.run_inference(model_file, formats, precisions, args.batch_size, args.steps, args.warmup,
                                   args.latency_runs, calibration, args.threads)
-    environment = runtime.environment()
+    environment = hardware.environment()
     environment["hardware"]["cpu_features"] = sorted(
-        runtime.cpu_flags() & (runtime.REPORTED_CPU_FEATURES | bench.INT8_CPU_FEATURES))
+        hardware.cpu_flags() & (hardware.REPORTED_CPU_FEATURES | bench.INT8_CPU_FEATURES))
     record = {"kind": "bench_inference", "model_file": model_file, "command": command_line(argv),
               "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
               "latency_runs": args.latency_runs, "calibration_images": args.calibration_images,
@@ -650,7 +666,9 @@ def run_bench_inference(args, argv):
 
 
 def run_bench_processes(args, argv):
-    from cifar_keras import bench, records, runtime
+    from cifar_keras import records
+    from cifar_keras.reporting import bench
+    from cifar_keras import hardware
 
     layouts = bench.parse_layouts(args.layouts)
     results = bench.run_processes_bench(args.model, layouts, args.batch_size, args.steps, args.warmup)
@@ -658,14 +676,16 @@ def run_bench_processes(args, argv):
               "batch_size_per_process": args.batch_size, "steps": args.steps, "warmup": args.warmup,
               "network_bytes": "bytes this machine sent over all interfaces (loopback included) during the timed "
                                "steps, per step (/proc/net/dev)",
-              "results": results, **runtime.environment(), "backend": "jax", "code": records.code_version()}
+              "results": results, **hardware.environment(), "backend": "jax", "code": records.code_version()}
     records.write(args.output or "saved_models/processes.json", record)  # not bench*.json (training benches)
     print(bench.processes_table(record), end="")
     return 1 if any("error" in r for r in results) else 0
 
 
 def run_bench(args, argv):
-    from cifar_keras import bench, records, runtime
+    from cifar_keras import records
+    from cifar_keras.reporting import bench
+    from cifar_keras import hardware
 
     if args.inference:
         return run_bench_inference(args, argv)
@@ -677,7 +697,7 @@ def run_bench(args, argv):
     args.output = args.output or "saved_models/bench.json"
     records.write(args.output, {"kind": "bench", "model": args.model, "command": command_line(argv),
                                 "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
-                                "results": results, **runtime.environment(), "code": records.code_version()})
+                                "results": results, **hardware.environment(), "code": records.code_version()})
     for r in results:
         speed = f"{r['train_images_per_s']:8.1f} img/s" if "error" not in r else f"failed: {r['error']}"
         print(f"{r['backend']:<11} {r['precision']:<15} {speed}")
@@ -699,7 +719,7 @@ def add_report_parser(sub):
 
 
 def run_report(args, argv):
-    from cifar_keras import report
+    from cifar_keras.reporting import report
 
     analysis = None
     if not args.no_figures:
@@ -722,10 +742,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        from cifar_keras import runtime
+        from cifar_keras import hardware
 
         if args.command != "launch":  # the launched processes import it
-            runtime.import_tensorflow_quietly()
+            hardware.import_tensorflow_quietly()
         return args.handler(args, argv) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_keras.classes import FINE_NAMES
+from cifar_keras.data.classes import FINE_NAMES
 from cifar_keras.errors import UserError
 
 
@@ -58,7 +58,7 @@ def read_image(path):
 def load_predictor(model_path):
     """A function pixels (N, 32, 32, 3) -> probabilities (N, 100), and the class names, of a .keras file or
     of any export (the format is read from the path: see runtimes.py)."""
-    from cifar_keras import runtimes
+    from cifar_keras.deploy import runtimes
 
     predictor = runtimes.load(model_path)
     return predictor, predictor.names

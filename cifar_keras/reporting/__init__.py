@@ -1,0 +1,1 @@
+"""Benchmarks, the README results and figures."""
