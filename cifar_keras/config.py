@@ -1,13 +1,15 @@
 """The one schema of a training run: every option with its type, range, default and help.
 
-`fit`'s and `tune`'s flags, the checks on `--hparams` files, each model's recipe and the
-`config` block of a run record all come from `RunConfig`. A model's recipe is a set of
-overrides of the defaults (`RECIPES`). Adding an option means adding one field here.
+`fit`'s and `tune`'s flags, the checks on `--hparams` files and the `config` block of a run
+record all come from `RunConfig`. Each model's recipe sets every option, in recipes.py; the
+defaults here are the CNN's. Adding an option means adding one field here, its value to each
+recipe, and the value that reproduces older runs to `RECORD_DEFAULTS`.
 
 This module imports no Keras, so `--help` stays fast.
 """
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import math
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cifar_keras.errors import UserError
+from cifar_keras.recipes import CNN, RECIPES
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
@@ -34,59 +37,71 @@ def option(default, group, help, *, kind=None, low=None, high=None, choices=None
 class RunConfig:
     """Everything that decides what a `fit` run trains and how (not where its files go)."""
 
-    model: str = option("cnn", "model", "registered model to train", choices=("mlp", "cnn"))
-    model_args: dict = field(default_factory=dict, metadata=dict(group="model", help="builder keyword arguments"))
-    label_smoothing: float = option(0.2, "model", "label smoothing of the cross-entropy", low=0.0, high=0.99)
-    tta: bool = option(False, "model", "save the model averaged over each image and its mirror image "
+    model: str = option(CNN["model"], "model", "registered model to train", choices=tuple(RECIPES))
+    model_args: dict = field(default_factory=lambda: copy.deepcopy(CNN["model_args"]),
+                             metadata=dict(group="model", help="builder keyword arguments"))
+    label_smoothing: float = option(CNN["label_smoothing"], "model", "label smoothing of the cross-entropy",
+                                    low=0.0, high=0.99)
+    tta: bool = option(CNN["tta"], "model", "save the model averaged over each image and its mirror image "
                        "(flip test-time augmentation; doubles inference cost, not training cost)")
-    tta_translate: bool = option(False, "model", "with --tta, also average over the image shifted one pixel "
-                                 "up-left and down-right, each with its mirror (airbench's TTA: 6 views, 3x the "
-                                 "inference cost of flip TTA)")
+    tta_translate: bool = option(CNN["tta_translate"], "model", "with --tta, also average over the image shifted "
+                                 "one pixel up-left and down-right, each with its mirror (airbench's TTA: 6 views, "
+                                 "3x the inference cost of flip TTA)")
 
-    epochs: int = option(15, "schedule", "training epochs", low=1)
-    batch_size: int = option(256, "schedule", "images per step (per replica with --distribute)", low=1)
-    optimizer: str = option("sgd", "schedule", "sgd (Nesterov momentum 0.9), adamw, or muon (Muon on the "
-                            "convolution kernels, AdamW on the rest)", choices=("sgd", "adamw", "muon"))
-    learning_rate: float = option(0.2, "schedule", "peak learning rate (per replica)", low=0.0, flag="--lr")
-    weight_decay: float = option(5e-4, "schedule", "decoupled weight decay (not on BatchNorm or biases)", low=0.0)
-    warmup: float = option(2 / 15, "schedule", "linear warm-up, as a fraction of the run's steps", low=0.0, high=1.0)
-    decay: str = option("cosine", "schedule", "shape of the learning rate's decay to zero after the warm-up",
+    epochs: int = option(CNN["epochs"], "schedule", "training epochs", low=1)
+    batch_size: int = option(CNN["batch_size"], "schedule", "images per step (per replica with --distribute)",
+                             low=1)
+    optimizer: str = option(CNN["optimizer"], "schedule", "sgd (Nesterov momentum 0.9), adamw, or muon (Muon on "
+                            "the convolution kernels, AdamW on the rest)", choices=("sgd", "adamw", "muon"))
+    learning_rate: float = option(CNN["learning_rate"], "schedule", "peak learning rate (per replica)", low=0.0,
+                                  flag="--lr")
+    weight_decay: float = option(CNN["weight_decay"], "schedule",
+                                 "decoupled weight decay (not on BatchNorm or biases)", low=0.0)
+    warmup: float = option(CNN["warmup"], "schedule", "linear warm-up, as a fraction of the run's steps",
+                           low=0.0, high=1.0)
+    decay: str = option(CNN["decay"], "schedule", "shape of the learning rate's decay to zero after the warm-up",
                         choices=("cosine", "linear"))
-    patience: int = option(0, "schedule", "stop after N epochs without validation gain (0: never)", low=0)
-    ema: float = option(0.0, "schedule", "decay per step of a moving average of the weights (BatchNorm statistics "
-                        "included); the saved model takes the average if it scores higher on validation (0: off)",
-                        low=0.0, high=0.9999)
-    low_res: int = option(0, "schedule", "progressive resizing: train the first --low-res-epochs epochs on images "
-                          "downscaled to LOW_RES x LOW_RES pixels (a convolutional model's compute falls with the "
-                          "pixels); the later epochs, validation and the saved model use 32 x 32 (0: off)",
-                          low=0, high=31)
-    low_res_epochs: int = option(0, "schedule", "epochs at --low-res size, fewer than --epochs", low=0)
-    time_budget: float = option(None, "schedule", "minutes for training plus validation: times the first steps on "
-                                "this machine, then sets --epochs (and so the schedule) to fit in them", kind=float,
-                                low=0.1)
+    patience: int = option(CNN["patience"], "schedule", "stop after N epochs without validation gain (0: never)",
+                           low=0)
+    ema: float = option(CNN["ema"], "schedule", "decay per step of a moving average of the weights (BatchNorm "
+                        "statistics included); the saved model takes the average if it scores higher on validation "
+                        "(0: off)", low=0.0, high=0.9999)
+    low_res: int = option(CNN["low_res"], "schedule", "progressive resizing: train the first --low-res-epochs "
+                          "epochs on images downscaled to LOW_RES x LOW_RES pixels (a convolutional model's compute "
+                          "falls with the pixels); the later epochs, validation and the saved model use 32 x 32 "
+                          "(0: off)", low=0, high=31)
+    low_res_epochs: int = option(CNN["low_res_epochs"], "schedule", "epochs at --low-res size, fewer than --epochs",
+                                 low=0)
+    time_budget: float = option(CNN["time_budget"], "schedule", "minutes for the whole command (start-up, "
+                                "training, validation, TTA, calibration, test, saving): times the first training and "
+                                "inference steps on this machine, then sets --epochs (and so the schedule) to fit",
+                                kind=float, low=0.1)
 
-    crop_pad: int = option(4, "augmentation", "random-crop padding in pixels (0: no crop)", low=0, high=16)
-    flip: bool = option(True, "augmentation", "random horizontal flips")
-    cutout_size: int = option(0, "augmentation", "cutout square side in pixels (0: off)", low=0, high=32,
-                              flag="--cutout")
-    noise: float = option(0.0, "augmentation", "Gaussian pixel noise on a random half of the training images, "
-                          "standard deviation uniform in [0, NOISE] x 255 (robustness to noisy photos; 0: off)",
-                          low=0.0, high=0.5)
+    crop_pad: int = option(CNN["crop_pad"], "augmentation", "random-crop padding in pixels (0: no crop)",
+                           low=0, high=16)
+    flip: bool = option(CNN["flip"], "augmentation", "random horizontal flips")
+    cutout_size: int = option(CNN["cutout_size"], "augmentation", "cutout square side in pixels (0: off)",
+                              low=0, high=32, flag="--cutout")
+    noise: float = option(CNN["noise"], "augmentation", "Gaussian pixel noise on a random half of the training "
+                          "images, standard deviation uniform in [0, NOISE] x 255 (robustness to noisy photos; "
+                          "0: off)", low=0.0, high=0.5)
 
-    seed: int = option(0, "data", "seed of the validation split, the initialisation and the batches", low=0)
-    val_size: int = option(5000, "data", "validation images carved (stratified) from the training set", low=100)
-    train_size: int = option(None, "data", "train on a stratified subset of N images (default: all the rest)",
-                             kind=int, low=100)
-    test_set: bool = option(True, "data", "evaluate the selected model once on the test set (--no-test: "
+    seed: int = option(CNN["seed"], "data", "seed of the initialisation, the batches and the --train-size subset (the validation split has its own fixed seed, 0)",
+                       low=0)
+    val_size: int = option(CNN["val_size"], "data", "validation images carved (stratified) from the training set",
+                           low=100)
+    train_size: int = option(CNN["train_size"], "data", "train on a stratified subset of N images (default: all "
+                             "the rest)", kind=int, low=100)
+    test_set: bool = option(CNN["test_set"], "data", "evaluate the selected model once on the test set (--no-test: "
                             "judge on validation only, for recipe studies)", flag="--test")
 
-    precision: str = option("auto", "hardware", "auto: bfloat16 on CPUs with AMX, float16 on GPUs, else float32",
-                            choices=PRECISIONS)
-    distribute: str = option("none", "hardware", "mirrored: synchronous data parallelism over this machine's "
-                             "devices (TensorFlow MirroredStrategy, JAX DataParallel); multiworker: over the devices "
-                             "of several processes or machines (JAX's distributed runtime, KERAS_BACKEND=jax; see "
-                             "the cluster options, or `launch`); batch size and learning rate are per replica",
-                             choices=("none", "mirrored", "multiworker"))
+    precision: str = option(CNN["precision"], "hardware", "auto: bfloat16 on CPUs with AMX, float16 on GPUs, else "
+                            "float32", choices=PRECISIONS)
+    distribute: str = option(CNN["distribute"], "hardware", "mirrored: synchronous data parallelism over this "
+                             "machine's devices (TensorFlow MirroredStrategy, JAX DataParallel); multiworker: over "
+                             "the devices of several processes or machines (JAX's distributed runtime, "
+                             "KERAS_BACKEND=jax; see the cluster options, or `launch`); batch size and learning rate "
+                             "are per replica", choices=("none", "mirrored", "multiworker"))
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -95,18 +110,16 @@ class RunConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 DEFAULTS = RunConfig()
 
-# Each model's recipe: what differs from RunConfig's defaults.
-RECIPES = {
-    "mlp": dict(epochs=40, optimizer="adamw", learning_rate=2e-3, weight_decay=0.05, label_smoothing=0.1,
-                warmup=0.05, crop_pad=2),
-    # Adopted from the recipe study (README 2.5): airbench's whitening stem and identity init, Muon on the
-    # convolutions, flip-and-translate TTA, and weight averaging (kept only where it scores higher on validation).
-    # Robust training (README 3): a less sharp whitening (eps 0.01) and Gaussian noise on half the images keep
-    # clean validation accuracy within noise and raise the mean corruption accuracy by 12 points.
-    "cnn": dict(model_args={"stem": "whiten", "dirac": True, "whiten_eps": 0.01}, optimizer="muon",
-                learning_rate=0.01, tta=True, tta_translate=True, ema=0.99, noise=0.05),
-}
 MODEL_NAMES = tuple(RECIPES)
+
+# What an option missing from a run record's `config` ran at: RunConfig's defaults before the recipes were
+# written out (older records lack the options added since; each ran at its default of the time, its "off").
+# Frozen: a record's partial `model_args` complete with the builder's own defaults, which do not change.
+RECORD_DEFAULTS = dict(
+    model="cnn", model_args={}, label_smoothing=0.2, tta=False, tta_translate=False, epochs=15, batch_size=256,
+    optimizer="sgd", learning_rate=0.2, weight_decay=5e-4, warmup=2 / 15, decay="cosine", patience=0, ema=0.0,
+    low_res=0, low_res_epochs=0, time_budget=None, crop_pad=4, flip=True, cutout_size=0, noise=0.0, seed=0,
+    val_size=5000, train_size=None, test_set=True, precision="auto", distribute="none")
 # Tuned files that do not name their optimizer were searched before the CNN's recipe moved to Muon, with SGD.
 SEARCHED_BEFORE_MUON = {"cnn": "sgd"}
 
@@ -136,14 +149,14 @@ def check(name, value, where):
 
 
 def make_config(model, hparams=None, **overrides):
-    """RunConfig of `model`: the defaults, then its recipe, then tuned `hparams`, then non-None `overrides`.
+    """RunConfig of `model`: its recipe (recipes.py), then tuned `hparams`, then non-None `overrides`.
 
     Builder arguments (`model_args`) of tuned hyperparameters are merged over the recipe's; given as an
     override they replace them (all of the builder's other arguments at their defaults)."""
     if model not in RECIPES:
         raise UserError(f"unknown model '{model}': choose one of {', '.join(MODEL_NAMES)}")
-    values = {**RECIPES[model], "model": model}
-    model_args = dict(values.pop("model_args", {}))
+    values = copy.deepcopy(RECIPES[model])
+    model_args = values.pop("model_args")
     model_args.update((hparams or {}).get("model_args", {}))
     if overrides.get("model_args") is not None:
         model_args = dict(overrides["model_args"])
@@ -169,12 +182,11 @@ def check_low_res(config):
 
 def upgrade(recorded):
     """A run record's `config` block in today's schema: older records had a warm-up in epochs, and lack
-    options added since, which ran at their default."""
+    options added since, which ran at their default of the time (`RECORD_DEFAULTS`)."""
     recorded = dict(recorded)
     if "warmup_epochs" in recorded:
         recorded["warmup"] = recorded.pop("warmup_epochs") / recorded["epochs"]
-    defaults = RunConfig().to_dict()
-    return {name: recorded.get(name, defaults[name]) for name in FIELDS}
+    return {name: recorded.get(name, RECORD_DEFAULTS[name]) for name in FIELDS}
 
 
 def same_value(a, b):
@@ -220,7 +232,7 @@ def parse_value(name):
 
 
 def recipe_values(name):
-    values = {model: RECIPES[model].get(name, FIELDS[name].default) for model in MODEL_NAMES}
+    values = {model: RECIPES[model][name] for model in MODEL_NAMES}
     if len(set(map(repr, values.values()))) == 1:
         return f"default: {next(iter(values.values()))}"
     return "default: " + ", ".join(f"{model} {value:g}" if isinstance(value, float) else f"{model} {value}"

@@ -17,6 +17,8 @@ from cifar_keras.errors import UserError
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 REPORTED_CPU_FEATURES = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+NEEDS_JAX = ("--distribute multiworker runs on JAX's distributed runtime: set KERAS_BACKEND=jax (TensorFlow's "
+             "MultiWorkerMirroredStrategy fails inside Keras 3's fit: keras-team/keras#20585)")
 
 
 def import_tensorflow_quietly():
@@ -24,9 +26,10 @@ def import_tensorflow_quietly():
 
     TensorFlow 2.21 writes them through absl before its logging is initialised, so
     TF_CPP_MIN_LOG_LEVEL cannot hide them: standard error is parked in a file meanwhile
-    and shown only if the import fails. A user who set TF_CPP_MIN_LOG_LEVEL sees everything.
+    and shown only if the import fails. A user who asks for TensorFlow's info or warnings
+    (TF_CPP_MIN_LOG_LEVEL=0 or 1) sees everything; 2 or 3, the usual way to silence it, is as quiet as unset.
     """
-    if "tensorflow" in sys.modules or cifar_keras.USER_TF_LOG_LEVEL is not None:
+    if "tensorflow" in sys.modules or (cifar_keras.USER_TF_LOG_LEVEL or "").strip() in ("0", "1"):
         return
     sys.stderr.flush()
     saved = os.dup(2)
@@ -153,8 +156,6 @@ def data_parallel(kind):
     backend = keras.backend.backend()
     if kind == "multiworker":
         import jax
-
-        from cifar_keras.distributed.multiworker import NEEDS_JAX
 
         if backend != "jax":
             raise UserError(NEEDS_JAX)

@@ -4,10 +4,15 @@ import os
 import pytest
 
 from cifar_keras import cli
-from cifar_keras.reporting import report
+from cifar_keras.reporting import tables
 
 
-def test_bench_measures_each_combination_and_records_it(tmp_path, capsys):
+def test_bench_measures_each_combination_and_records_it(tmp_path, capsys, monkeypatch):
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "ONEDNN_DEFAULT_FPMATH_MODE", "ONEDNN_MAX_CPU_ISA",
+                 "XLA_FLAGS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     out = tmp_path / "bench.json"
     argv = ["bench", "mlp", "--backends", "tensorflow", "--precisions", "float32,bfloat16", "--batch-size", "32",
             "--steps", "2", "--warmup", "1", "--output", str(out)]
@@ -18,7 +23,18 @@ def test_bench_measures_each_combination_and_records_it(tmp_path, capsys):
     assert [(r["backend"], r["precision"]) for r in results] == [("tensorflow", "float32"),
                                                                  ("tensorflow", "mixed_bfloat16")]
     assert all(r["train_images_per_s"] > 0 and r["pipeline_images_per_s"] > 0 for r in results)
-    table = report.bench_table(out)
+    import tensorflow as tf
+
+    # Each result states what it ran with. Keras compiles TensorFlow's train step with XLA only where TensorFlow
+    # sees a GPU; TensorFlow reports 0 threads per pool (its default) unless the API set them.
+    for result, policy in zip(results, ("float32", "mixed_bfloat16")):
+        assert result["settings"] == {
+            "backend": "tensorflow", "precision": policy, "batch_size": 32,
+            "jit_compile": bool(tf.config.list_physical_devices("GPU")), "intra_op_threads": 0, "inter_op_threads": 0,
+            "variables": {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": None, "TF_NUM_INTEROP_THREADS": None,
+                          "TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_DEFAULT_FPMATH_MODE": None, "ONEDNN_MAX_CPU_ISA": None,
+                          "XLA_FLAGS": None}}
+    table = tables.bench_table(out)
     assert table.count("\n| tensorflow |") == 2 and "mixed_bfloat16" in table
 
 

@@ -10,11 +10,12 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_keras.evaluation import calibration
+from cifar_keras.evaluation import calibration, scores
 from cifar_keras import cli
 from cifar_keras import data
 from cifar_keras import models
-from cifar_keras.training import fit
+from cifar_keras.data import pipeline
+from cifar_keras.training import finalise, fit
 from cifar_keras.config import make_config
 from cifar_keras.evaluation.metrics import evaluate_model
 
@@ -33,11 +34,11 @@ HAND_LABELS = np.array([0, 1, 1, 2, 0])
 def test_ece_of_a_hand_made_example():
     # Bin 13 holds two images, accuracy 1/2, mean confidence 0.9: weight 2/5, gap 0.4 -> 0.16.
     # Bins 8, 6 and 12 hold one image each: 1/5 * (|1 - 0.55| + |1 - 0.45| + |0 - 0.85|) = 0.09 + 0.11 + 0.17.
-    assert calibration.ece(HAND_PROBABILITIES, HAND_LABELS) == pytest.approx(0.16 + 0.09 + 0.11 + 0.17, abs=1e-12)
+    assert scores.ece(HAND_PROBABILITIES, HAND_LABELS) == pytest.approx(0.16 + 0.09 + 0.11 + 0.17, abs=1e-12)
     # One bin: |accuracy 3/5 - mean confidence (0.9 + 0.9 + 0.55 + 0.45 + 0.85) / 5 = 0.73| = 0.13.
-    assert calibration.ece(HAND_PROBABILITIES, HAND_LABELS, bins=1) == pytest.approx(0.13, abs=1e-12)
+    assert scores.ece(HAND_PROBABILITIES, HAND_LABELS, bins=1) == pytest.approx(0.13, abs=1e-12)
     # Right and wrong answers in one bin offset each other before the absolute value (not per image).
-    assert calibration.ece(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx(0.4, abs=1e-12)
+    assert scores.ece(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx(0.4, abs=1e-12)
 
 
 def test_ece_bins_are_closed_on_the_right():
@@ -45,16 +46,16 @@ def test_ece_bins_are_closed_on_the_right():
     probabilities = np.array([[0.5, 0.3, 0.2], [0.4, 0.35, 0.25], [0.7, 0.2, 0.1]])
     labels = np.array([1, 1, 0])
     # bin (0, 0.5]: accuracy 0, confidence 0.45, weight 2/3 -> 0.3; bin (0.5, 1]: |1 - 0.7| / 3 = 0.1.
-    assert calibration.ece(probabilities, labels, bins=2) == pytest.approx(0.3 + 0.1, abs=1e-12)
+    assert scores.ece(probabilities, labels, bins=2) == pytest.approx(0.3 + 0.1, abs=1e-12)
 
 
 def test_nll_and_brier_of_a_hand_made_example():
-    assert calibration.nll(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx(
+    assert scores.nll(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx(
         -(math.log(0.9) + math.log(0.05)) / 2, abs=1e-12)
     # Image 1: 0.1^2 + 0.05^2 + 0.03^2 + 0.02^2 = 0.0138;
     # image 2: 0.9^2 + (0.05 - 1)^2 + 0.03^2 + 0.02^2 = 0.81 + 0.9025 + 0.0009 + 0.0004 = 1.7138.
-    assert calibration.brier(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx((0.0138 + 1.7138) / 2, abs=1e-12)
-    assert calibration.brier(np.eye(3), np.arange(3)) == 0.0 and calibration.brier(np.eye(3), [1, 2, 0]) == 2.0
+    assert scores.brier(HAND_PROBABILITIES[:2], HAND_LABELS[:2]) == pytest.approx((0.0138 + 1.7138) / 2, abs=1e-12)
+    assert scores.brier(np.eye(3), np.arange(3)) == 0.0 and scores.brier(np.eye(3), [1, 2, 0]) == 2.0
 
 
 def overconfident_logits(n, classes=10, true_temperature=2.5, seed=0):
@@ -71,7 +72,7 @@ def test_fit_temperature_recovers_the_true_temperature():
     logits, labels = overconfident_logits(20000)
     temperature = calibration.fit_temperature(logits, labels)
     assert temperature == pytest.approx(2.5, rel=0.05)
-    before, after = calibration.nll(calibration.probabilities(logits), labels), calibration.nll(
+    before, after = scores.nll(calibration.probabilities(logits), labels), scores.nll(
         calibration.probabilities(logits, temperature), labels)
     assert after < before - 0.1
     # A calibrated model is left (nearly) alone.
@@ -88,11 +89,22 @@ def test_fitted_temperature_is_never_worse_than_t1_on_its_own_data():
     assert calibration._nll_at([logits], labels, temperature) <= calibration._nll_at([logits], labels, 1.0)
 
 
+def test_fit_temperature_finds_the_minimum_of_a_dense_grid():
+    """Oracle: the NLL at 20001 temperatures evenly spaced in log T over the searched range, in plain numpy."""
+    logits, labels = overconfident_logits(400, seed=5, true_temperature=1.7)
+    temperatures = np.exp(np.linspace(np.log(0.05), np.log(20.0), 20001))  # steps of 0.03 % in T
+    z = logits[None] / temperatures[:, None, None]
+    z = z - z.max(axis=2, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=2, keepdims=True))
+    best = temperatures[np.argmax(log_p[:, np.arange(len(labels)), labels].sum(axis=1))]
+    assert calibration.fit_temperature(logits, labels) == pytest.approx(best, rel=1e-3)
+
+
 def test_fit_temperature_of_averaged_views_minimises_the_averaged_nll():
     logits, labels = overconfident_logits(5000, seed=1)
     other = logits + np.random.default_rng(2).normal(0, 2, logits.shape)  # a second, different view
     temperature = calibration.fit_temperature([logits, other], labels)
-    cost = lambda t: calibration.nll(calibration.probabilities([logits, other], t), labels)  # noqa: E731
+    cost = lambda t: scores.nll(calibration.probabilities([logits, other], t), labels)  # noqa: E731
     assert cost(temperature) <= min(cost(temperature * 0.97), cost(temperature * 1.03))
     assert temperature != pytest.approx(calibration.fit_temperature(logits, labels), rel=1e-3)
 
@@ -132,8 +144,8 @@ def test_temperature_layer_lowers_nll_and_loads_with_plain_keras(tmp_path):
     assert [layer.name for layer in calibrated.layers][-2:] == ["temperature", "probabilities"]
     assert isinstance(calibrated.get_layer("temperature"), keras.layers.Rescaling)
     before, after = model.predict(x[test], verbose=0), calibrated.predict(x[test], verbose=0)
-    assert calibration.nll(after, labels[test]) < calibration.nll(before, labels[test]) - 0.3
-    assert calibration.ece(after, labels[test]) < calibration.ece(before, labels[test])
+    assert scores.nll(after, labels[test]) < scores.nll(before, labels[test]) - 0.3
+    assert scores.ece(after, labels[test]) < scores.ece(before, labels[test])
     assert (after.argmax(axis=1) == before.argmax(axis=1)).all()  # accuracy unchanged
     # The original model is left as it was.
     assert np.allclose(model.predict(x[test], verbose=0), before)
@@ -181,20 +193,21 @@ TINY_MLP = dict(epochs=2, batch_size=50, val_size=100, precision="float32",
 @pytest.mark.parametrize("test_set", [True, False])
 def test_fit_saves_the_calibrated_model_and_records_its_scores(data_root, tmp_path, monkeypatch, test_set):
     passes = []  # images per pass through a model while calibrating
-    predict = calibration.predict_outputs
-    monkeypatch.setattr(calibrate, "predict_outputs",
-                        lambda model, images, *a: passes.append(len(images)) or predict(model, images, *a))
+    predict = pipeline.predict_outputs
+    for module in (calibration, finalise):  # where fit's passes through the model are made
+        monkeypatch.setattr(module, "predict_outputs",
+                            lambda model, images, *a: passes.append(len(images)) or predict(model, images, *a))
     record = fit.fit(make_config("mlp", test_set=test_set, **TINY_MLP), data_dir=data_root, output_dir=tmp_path)
-    calibration = record["calibration"]
+    fitted = record["calibration"]
     model = keras.saving.load_model(tmp_path / "mlp.keras")
-    assert calibration.temperature_of(model) == pytest.approx(calibration["temperature"], rel=1e-5)
-    assert calibration["temperature"] != pytest.approx(1.0, abs=1e-3)
-    assert calibration["val"]["after"]["nll"] <= calibration["val"]["before"]["nll"]
+    assert calibration.temperature_of(model) == pytest.approx(fitted["temperature"], rel=1e-5)
+    assert fitted["temperature"] != pytest.approx(1.0, abs=1e-3)
+    assert fitted["val"]["after"]["nll"] <= fitted["val"]["before"]["nll"]
     if not test_set:
-        assert calibration["test"] is None and record["test"] is None and 200 not in passes
+        assert fitted["test"] is None and record["test"] is None and 200 not in passes
         return
     assert passes.count(200) == 1  # the 200 test images go through the model once
-    assert record["test"]["nll"] == calibration["test"]["after"]["nll"]
+    assert record["test"]["nll"] == fitted["test"]["after"]["nll"]
     dataset = data.load(data_root)
     saved = evaluate_model(model, dataset.test, dataset.fine_to_coarse())
     assert saved["top1"] == pytest.approx(record["test"]["top1"], abs=1e-9)
@@ -248,6 +261,25 @@ def test_calibrate_command_writes_model_record_and_figure(overconfident_keras_fi
     assert again["temperature_before"] == pytest.approx(record["temperature"], rel=1e-5)
 
 
+def test_calibrate_fits_on_the_split_of_the_models_record(overconfident_keras_file, data_root, tmp_path, capsys):
+    """The run record beside the model (NAME.json) names its validation split; calibrate fits T on that one, whatever
+    seed the run had, and refuses in one line a split this data set does not give."""
+    source = tmp_path / "run.keras"
+    source.write_bytes(overconfident_keras_file.read_bytes())
+    # sha256 of the sorted indices of the synthetic set's 100-image split at seed 0 (commit 92cd8bf's code).
+    split = {"seed": 0, "size": 100, "sha256": "33ab63df9ee05de567911d9a11a3257a9dc60948b5743371aa5213047795b90e"}
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "fit", "val_split": split,
+                                                   "config": {"seed": 4, "val_size": 100}}))
+    assert cli.main(["calibrate", str(source), "--data-dir", str(data_root), "--record", str(tmp_path / "c.json")]) == 0
+    record = json.loads((tmp_path / "c.json").read_text())
+    assert record["val_images"] == 100 and record["val_split"] == split
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "fit", "val_split": {**split, "sha256": "0" * 64}}))
+    assert cli.main(["calibrate", str(source), "--data-dir", str(data_root), "--record", str(tmp_path / "d.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'run.json'}: its validation split (seed 0, 100 images") and err.count("\n") == 1
+    assert not (tmp_path / "d.json").exists()
+
+
 def test_calibrate_refuses_to_overwrite_its_input(overconfident_keras_file, data_root, capsys):
     assert cli.main(["calibrate", str(overconfident_keras_file), "--output", str(overconfident_keras_file),
                      "--data-dir", str(data_root), "--val-size", "100"]) == 2
@@ -257,11 +289,11 @@ def test_calibrate_refuses_to_overwrite_its_input(overconfident_keras_file, data
 def test_reliability_diagram_bins_give_the_ece(tmp_path):
     from cifar_keras.reporting import plots
 
-    share, accuracy, confidence = plots.reliability_bins(HAND_PROBABILITIES, HAND_LABELS)
+    share, accuracy, confidence = scores.reliability_bins(HAND_PROBABILITIES, HAND_LABELS)
     filled = share > 0
     assert share.sum() == pytest.approx(1.0) and filled.sum() == 4  # bins 6, 8, 12 and 13
     assert np.sum(share[filled] * np.abs(accuracy[filled] - confidence[filled])) == pytest.approx(
-        calibration.ece(HAND_PROBABILITIES, HAND_LABELS), abs=1e-12)
+        scores.ece(HAND_PROBABILITIES, HAND_LABELS), abs=1e-12)
     plots.reliability_diagram({"a": HAND_PROBABILITIES, "b": HAND_PROBABILITIES ** 2 / 2}, HAND_LABELS,
                               tmp_path / "r.png", "hand-made")
     assert (tmp_path / "r.png").stat().st_size > 1000

@@ -6,6 +6,8 @@ import json
 import pytest
 
 from cifar_keras import config
+from cifar_keras.cli import app as cli_app
+from cifar_keras.cli import fit as cli_fit
 from cifar_keras import cli
 from cifar_keras.config import FIELDS, RECIPES, RunConfig, make_config
 from cifar_keras.errors import UserError
@@ -26,7 +28,7 @@ def other_value(name):
 
 
 def fit_args(argv):
-    return cli.build_parser().parse_args(["fit", "cnn", *argv])
+    return cli_app.build_parser().parse_args(["fit", "cnn", *argv])
 
 
 @pytest.mark.parametrize("name", FLAG_OPTIONS)
@@ -39,7 +41,7 @@ def test_every_option_is_a_fit_flag_that_reaches_the_config(name):
     if companion:
         argv += ["--" + companion[0].replace("_", "-"), str(companion[1])]
     args = fit_args(argv)
-    built = make_config("cnn", **config.overrides(args, cli.FIT_OPTIONS))
+    built = make_config("cnn", **config.overrides(args, cli_fit.FIT_OPTIONS))
     assert getattr(built, name) == value
     if companion:
         assert getattr(built, companion[0]) == companion[1]
@@ -50,23 +52,42 @@ def test_every_option_is_a_fit_flag_that_reaches_the_config(name):
 
 def test_unset_flags_leave_the_recipe():
     args = fit_args([])
-    assert all(value is None for value in config.overrides(args, cli.FIT_OPTIONS).values())
-    assert make_config("mlp", **config.overrides(args, cli.FIT_OPTIONS)) == make_config("mlp")
+    assert all(value is None for value in config.overrides(args, cli_fit.FIT_OPTIONS).values())
+    assert make_config("mlp", **config.overrides(args, cli_fit.FIT_OPTIONS)) == make_config("mlp")
 
 
 @pytest.mark.parametrize("model", sorted(RECIPES))
-def test_recipes_are_valid_overrides_of_the_defaults(model):
+def test_each_recipe_sets_every_option_and_every_builder_argument(model):
     from cifar_keras import models
 
-    recipe = make_config(model)
-    assert recipe.model == model
-    for name, value in RECIPES[model].items():
-        if name == "model_args":
-            assert recipe.model_args == value == models.check_model_args(value, model, "recipe")
-        else:
-            assert getattr(recipe, name) == value and config.check(name, value, "recipe") == value
-    untouched = set(FIELDS) - set(RECIPES[model]) - {"model"}
-    assert all(getattr(recipe, name) == FIELDS[name].default or name == "model_args" for name in untouched)
+    recipe = RECIPES[model]
+    assert set(recipe) == set(FIELDS) and recipe["model"] == model
+    builder_args = {"mlp": {"hidden", "dropout", "leaky_alpha"},
+                    "cnn": {"widths", "stem_width", "depth", "dropout", "bn_momentum", "logit_scale", "stem", "dirac",
+                            "whiten_eps"}}[model]
+    assert set(recipe["model_args"]) == builder_args
+    assert models.check_model_args(recipe["model_args"], model, "recipe") == recipe["model_args"]
+    assert all(config.check(name, value, "recipe") == value for name, value in recipe.items()
+               if name not in ("model", "model_args"))
+    assert make_config(model).to_dict() == recipe  # nothing else joins in
+
+
+def test_the_recipes_are_the_ones_the_study_adopted():
+    cnn, mlp = make_config("cnn"), make_config("mlp")
+    assert (cnn.optimizer, cnn.learning_rate, cnn.epochs, cnn.ema, cnn.noise, cnn.tta, cnn.tta_translate) == (
+        "muon", 0.01, 15, 0.99, 0.05, True, True)
+    assert cnn.model_args == {"widths": [96, 256, 512], "stem_width": 32, "depth": 1, "dropout": 0.0,
+                              "bn_momentum": 0.9, "logit_scale": 0.125, "stem": "whiten", "dirac": True,
+                              "whiten_eps": 0.01}
+    assert (mlp.optimizer, mlp.learning_rate, mlp.epochs, mlp.weight_decay, mlp.crop_pad, mlp.tta) == (
+        "adamw", 0.002, 40, 0.05, 2, False)
+    assert mlp.model_args == {"hidden": [1536, 768], "dropout": 0.3, "leaky_alpha": 0.1}
+    assert RunConfig() == cnn  # the schema's defaults are the CNN's recipe
+
+
+def test_a_recipe_is_not_changed_by_the_configs_made_from_it():
+    make_config("cnn").model_args["widths"].append(1024)
+    assert make_config("cnn").model_args["widths"] == [96, 256, 512]
 
 
 def test_precedence_is_recipe_then_hyperparameters_then_flags():
@@ -74,8 +95,11 @@ def test_precedence_is_recipe_then_hyperparameters_then_flags():
                         epochs=3, batch_size=None)
     assert built.learning_rate == 0.01  # from the hyperparameters
     assert built.epochs == 3  # a flag beats them
-    assert built.batch_size == RunConfig().batch_size  # None means "not given"
-    assert built.optimizer == RECIPES["mlp"]["optimizer"] and built.model_args == {"dropout": 0.1}
+    assert built.batch_size == 256  # None means "not given": the recipe's
+    assert built.optimizer == "adamw"  # the recipe's
+    assert built.model_args == {"hidden": [1536, 768], "dropout": 0.1, "leaky_alpha": 0.1}  # merged over the recipe's
+    replaced = make_config("mlp", hparams={"model_args": {"dropout": 0.1}}, model_args={"hidden": [64]})
+    assert replaced.model_args == {"hidden": [64]}  # --model-args replaces them (the builder's defaults for the rest)
 
 
 @pytest.mark.parametrize("hparams, message", [
@@ -129,6 +153,9 @@ def test_fit_help_groups_the_options(capsys):
     section = help_text[positions[3]:positions[4]]  # augmentation
     assert "--crop-pad" in section and "--cutout" in section and "--lr" not in section
     assert "mlp 40, cnn 15" in help_text  # each model's recipe is shown
+    order = " ".join(help_text.split())  # the description says what wins: recipe, then tuned file, then flags
+    assert "the recipe (MODEL's every option and builder argument, in cifar_keras/recipes.py) -> the tuned file " \
+           "(tuning/MODEL/best_hparams.json, or --hparams) -> the flags" in order
 
 
 def test_config_is_immutable_and_serialisable():
@@ -143,4 +170,9 @@ def test_an_old_records_config_is_read_in_todays_schema():
     upgraded = config.upgrade(old)
     assert upgraded["warmup"] == 0.25  # 2 of 8 epochs
     assert "warmup_epochs" not in upgraded and set(upgraded) == set(FIELDS)
-    assert upgraded["ema"] == FIELDS["ema"].default and upgraded["epochs"] == 8
+    assert upgraded["epochs"] == 8 and upgraded["tta"] is False and upgraded["model_args"] == {}
+    # Options it lacks ran at the defaults of before the recipes were written out, not at today's CNN recipe.
+    lacked = (upgraded["ema"], upgraded["noise"], upgraded["optimizer"], upgraded["learning_rate"])
+    assert lacked == (0.0, 0.0, "sgd", 0.2)
+    assert config.upgrade({})["tta_translate"] is False and config.upgrade({})["label_smoothing"] == 0.2
+    assert set(config.RECORD_DEFAULTS) == set(FIELDS)  # a new option says what older runs ran at

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import CLASS_COLOURS
+from cifar_keras.cli import common
 from cifar_keras import cli
-from cifar_keras.evaluation import corruptions
+from cifar_keras.evaluation import corruption_ops as ops, corruptions
 from cifar_keras import data
-from cifar_keras.reporting import report
+from cifar_keras.reporting import figures, tables
 
 SEVERITIES = corruptions.SEVERITIES
 
@@ -129,34 +130,42 @@ def test_the_four_others_grow_as_their_parameter_tables_say(corrupted):
     assert residual[0] < 2 * non_affine_residual(ramps) + 0.1, residual  # only quantisation added
 
 
-def test_building_blocks_match_the_libraries_the_original_used():
-    ndimage = pytest.importorskip("scipy.ndimage")
+def test_building_blocks_by_hand():
     import matplotlib.colors
+    from scipy import ndimage
 
+    # clipped_zoom: factor 1 keeps the image; a ramp (value = column) zoomed by 1.25 about the centre is the centre
+    # crop of 26 columns (3 to 28) stretched to round(26 * 1.25) = 32 columns (scipy's zoom maps output column o to
+    # input o * 25 / 31), of which the centre 32 are all of them.
+    ramp = np.broadcast_to(np.arange(32, dtype=np.float64)[None, None, :, None], (1, 32, 32, 1))
+    assert np.array_equal(ops.clipped_zoom(ramp, 1.0), ramp)
+    assert np.allclose(ops.clipped_zoom(ramp, 1.25)[0, 5, :, 0], 3 + np.arange(32) * 25 / 31)
+    # ... and it is the original's: scipy.ndimage.zoom (order 1) of the centre crop, then the centre 32 x 32.
     x = IMAGES[:4] / 255.0
-    # skimage.filters.gaussian is scipy's: border 'nearest', truncate 4 (glass blur); 'reflect', truncate 3 (elastic).
-    expected = np.stack([ndimage.gaussian_filter(image, (0.4, 0.4, 0), mode="nearest") for image in x])
-    assert np.abs(corruptions.gaussian_blur(x, 0.4) - expected).max() < 1e-6
-    expected = np.stack([ndimage.gaussian_filter(image[..., 0], 1.92, mode="reflect", truncate=3) for image in x])
-    assert np.abs(corruptions.gaussian_blur(x[..., 0], 1.92, "symmetric", 3) - expected).max() < 1e-6
-    # clipped_zoom: scipy.ndimage.zoom (order 1) of the centre crop, then the centre 32 x 32.
     for factor in (1.03, 1.17, 1.25, 1.75, 2.25):
         crop = int(np.ceil(32 / factor))
         top = (32 - crop) // 2
         zoomed = np.stack([ndimage.zoom(image[top:top + crop, top:top + crop], (factor, factor, 1), order=1)
                            for image in x])
         trim = (zoomed.shape[1] - 32) // 2
-        assert np.abs(corruptions.clipped_zoom(x, factor) - zoomed[:, trim:trim + 32, trim:trim + 32]).max() < 1e-5
-    # elastic's second step: scipy.ndimage.map_coordinates, order 1, mode 'reflect' (also beyond the border).
-    rng = np.random.default_rng(0)
-    rows, cols = np.mgrid[0:32, 0:32] + rng.normal(0, 2, (2, 32, 32))
-    expected = np.stack([ndimage.map_coordinates(x[0][..., c], (rows, cols), order=1, mode="reflect")
-                         for c in range(3)], axis=-1)
-    assert np.abs(corruptions.bilinear(x[:1], rows[None], cols[None], "symmetric")[0] - expected).max() < 1e-9
+        assert np.abs(ops.clipped_zoom(x, factor) - zoomed[:, trim:trim + 32, trim:trim + 32]).max() < 1e-5
+    # sample (bilinear): halfway between two columns is their mean; beyond the border, 'reflect' repeats the edge
+    # pixel (d c b a | a b c d) and 'mirror' does not (d c b | a b c d).
+    rows, cols = np.mgrid[0:32, 0:32].astype(np.float64)
+    shifted = ops.sample(ramp, rows[None], cols[None] + 0.5, "reflect")[0, 0, :31, 0]
+    assert np.allclose(shifted, np.arange(31) + 0.5)
+    assert ops.sample(ramp, rows[None], cols[None] - 1, "reflect")[0, 0, 0, 0] == 0
+    assert ops.sample(ramp, rows[None], cols[None] - 1, "mirror")[0, 0, 0, 0] == 1
+    # gaussian_blur: a dot spreads as the sampled Gaussian, cut at 4 sigma and normalised; a constant stays put.
+    dot = np.zeros((1, 32, 32), np.float64)
+    dot[0, 16, 16] = 1
+    g = np.exp(-np.arange(-2, 3) ** 2 / (2 * 0.5 ** 2))
+    assert np.allclose(ops.gaussian_blur(dot, 0.5)[0, 14:19, 14:19], np.outer(g, g) / g.sum() ** 2)
+    assert np.allclose(ops.gaussian_blur(np.full((1, 32, 32), 0.3), 2.0, "reflect", truncate=3), 0.3)
     # brightness: HSV value + c, clipped (matplotlib's HSV as skimage's); up to 1 grey level of float rounding.
     hsv = matplotlib.colors.rgb_to_hsv(x)
     hsv[..., 2] = np.clip(hsv[..., 2] + corruptions.BRIGHTNESS[4], 0, 1)
-    expected = corruptions.to_uint8(matplotlib.colors.hsv_to_rgb(hsv)).astype(int)
+    expected = ops.to_uint8(matplotlib.colors.hsv_to_rgb(hsv)).astype(int)
     assert np.abs(corruptions.corrupt(IMAGES[:4], "brightness", 5) - expected).max() <= 1
 
 
@@ -164,20 +173,20 @@ def test_defocus_disk_and_motion_kernel_by_hand():
     # Radius 0.3 holds the centre pixel only; OpenCV's 3 x 3 GaussianBlur (sigma 0.4) spreads it: outer(g, g).
     e = np.exp(-1 / (2 * 0.4 ** 2))
     g = np.array([e, 1, e]) / (1 + 2 * e)
-    assert np.allclose(corruptions.disk(0.3, 0.4), np.outer(g, g), atol=1e-7)
+    assert np.allclose(ops.disk(0.3, 0.4), np.outer(g, g), atol=1e-7)
     # Radius 1 with a negligible alias blur: the centre and its 4 neighbours, 1/5 each.
     plus = np.pad(np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]]) / 5, 1)
-    assert np.allclose(corruptions.disk(1, 0.2), plus, atol=1e-4)
+    assert np.allclose(ops.disk(1, 0.2), plus, atol=1e-4)
     # ImageMagick's motion blur at angle 0: pixel (y, x) = sum_i k_i * pixel (y, x + i), so a bright dot is
     # smeared to its left with the one-sided Gaussian weights k_i ~ exp(-i^2 / (2 sigma^2)), 2 * 6 + 1 taps.
     dot = np.zeros((1, 32, 32, 1), np.float32)
     dot[0, 16, 20, 0] = 1
     weights = np.exp(-np.arange(13) ** 2 / (2 * 1.5 ** 2))
-    smeared = corruptions.magick_motion_blur(dot, 6, 1.5, [0.0])[0, :, :, 0]
+    smeared = ops.magick_motion_blur(dot, 6, 1.5, [0.0])[0, :, :, 0]
     assert np.allclose(smeared[16, 20 - 12:21][::-1], weights / weights.sum(), atol=1e-6)
     assert smeared.sum() == pytest.approx(1, abs=1e-6) and smeared[16, 21:].sum() == 0 and smeared[15].sum() == 0
     # ... and at 90 degrees (y grows downwards) it is smeared upwards.
-    assert corruptions.magick_motion_blur(dot, 6, 1.5, [90.0])[0, 16 - 3, 20, 0] == pytest.approx(
+    assert ops.magick_motion_blur(dot, 6, 1.5, [90.0])[0, 16 - 3, 20, 0] == pytest.approx(
         weights[3] / weights.sum(), abs=1e-6)
 
 
@@ -221,7 +230,7 @@ def test_benchmark_record_matches_direct_predictions(colour_model, data_root, tm
     assert cli.main(argv) == 0
     printed = capsys.readouterr()
     record = json.loads(output.read_text())
-    assert record["kind"] == "corruptions" and record["command"] == cli.command_line(argv)
+    assert record["kind"] == "corruptions" and record["command"] == common.command_line(argv)
     assert record["corruption_types"] == ["fog", "brightness"] and record["severities"] == [1, 5]
     assert record["hardware"]["cores"] >= 1 and record["backend"] == keras.backend.backend()
     # The stratified subset: one image of each class.
@@ -248,11 +257,11 @@ def test_benchmark_record_matches_direct_predictions(colour_model, data_root, tm
     folder = tmp_path / "records"
     (folder / "corruptions").mkdir(parents=True)
     (folder / "corruptions" / "colour.json").write_text(output.read_text())
-    table = report.corruption_table(folder)
+    table = tables.corruption_table(folder)
     assert "| `colour` |" in table and f"**{record['summary']['mean_corruption_top1']:.2f} %**" in table
     assert f"| fog | {record['summary']['by_corruption']['fog']:.2f} % |" in table
-    assert report.corruption_figure(folder, tmp_path / "curve.png") and (tmp_path / "curve.png").stat().st_size
-    assert report.corruption_table(tmp_path / "empty") == ""
+    assert figures.corruption_figure(folder, tmp_path / "curve.png") and (tmp_path / "curve.png").stat().st_size
+    assert tables.corruption_table(tmp_path / "empty") == ""
 
 
 def test_default_record_goes_beside_the_model(colour_model, data_root, tmp_path):

@@ -1,5 +1,6 @@
 import hashlib
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -134,23 +135,60 @@ def test_env_var_names_the_data_dir(data_root, monkeypatch):
     assert data.locate() == data_root / "cifar-100-python"
 
 
-def test_download_with_good_checksum(tmp_path, monkeypatch):
+def archive_origin(tmp_path):
+    """A synthetic official archive served over file://: (its URL, its md5)."""
     archive = write_archive(tmp_path / "origin")
-    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    cache = tmp_path / "cache"
-    folder = data.download(cache, origin=archive.as_uri(), md5=md5)
-    assert (folder / "train").is_file()
-    # Next time, the Keras cache is found without downloading.
-    monkeypatch.setenv("KERAS_HOME", str(cache))
-    assert data.locate(origin="file:///nonexistent") == folder
+    return archive.as_uri(), hashlib.md5(archive.read_bytes()).hexdigest()
 
 
-def test_download_with_bad_checksum_is_refused_and_removed(tmp_path):
-    archive = write_archive(tmp_path / "origin")
-    cache = tmp_path / "cache"
-    with pytest.raises(UserError, match="md5 .* does not match"):
-        data.download(cache, origin=archive.as_uri(), md5="0" * 32)
-    assert not list(cache.rglob("*.tar.gz"))
+def test_an_empty_data_dir_gets_the_archive_downloaded_into_it(tmp_path):
+    origin, md5 = archive_origin(tmp_path)
+    data_dir = tmp_path / "new" / "data"  # not there yet: made, as torchvision's root is
+    d = data.load(data_dir, origin=origin, md5=md5)
+    assert len(d.train) == 600 and d.fine_names == FINE
+    assert (data_dir / "cifar-100-python.tar.gz").is_file() and (data_dir / "cifar-100-python" / "meta").is_file()
+    # Next time the data is found there, without a download.
+    assert data.locate(data_dir, origin="file:///nonexistent") == data_dir / "cifar-100-python"
+
+
+def test_without_a_data_dir_the_keras_cache_gets_the_download(tmp_path, monkeypatch):
+    from cifar_keras.data import cifar100
+
+    origin, md5 = archive_origin(tmp_path)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setattr(cifar100, "ORIGIN", origin)
+    folder = data.locate(md5=md5)
+    assert folder == tmp_path / "keras_home" / "datasets" / "cifar-100-python" and (folder / "train").is_file()
+
+
+def test_a_download_with_the_wrong_md5_is_refused_in_one_line_and_removed(tmp_path):
+    origin, _ = archive_origin(tmp_path)
+    data_dir = tmp_path / "data"
+    with pytest.raises(UserError) as refused:
+        data.load(data_dir, origin=origin, md5="0" * 32)
+    message = str(refused.value)
+    assert message.startswith(f"{origin}: the md5 of the download does not match the published {'0' * 32}")
+    assert "\n" not in message
+    assert list(data_dir.iterdir()) == []  # neither the archive nor anything extracted from it
+
+
+def test_offline_with_no_data_says_where_it_looked_in_one_line(tmp_path, monkeypatch):
+    from cifar_keras.data import cifar100
+
+    monkeypatch.setattr(cifar100, "ORIGIN", (tmp_path / "offline" / "cifar-100-python.tar.gz").as_uri())
+    data_dir = tmp_path / "missing" / "data"
+    with pytest.raises(UserError) as refused:
+        data.load(data_dir)
+    message = str(refused.value)
+    assert message.startswith(f"{data_dir}: holds neither cifar-100-python/ nor cifar-100-python.tar.gz, and "
+                              f"cannot download {cifar100.ORIGIN}: ")
+    assert message.endswith("or point --data-dir (or $CIFAR100_DATA_DIR) at the folder that holds one")
+    assert "\n" not in message
+    assert not (tmp_path / "missing").exists()  # the folders made for the download are gone again
+    # The Keras cache, when no folder is named.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    with pytest.raises(UserError, match=f"^{tmp_path / 'keras_home' / 'datasets'}: holds neither"):
+        data.locate()
 
 
 def test_download_failure_is_one_line(tmp_path):
@@ -208,9 +246,20 @@ def test_wrong_image_count_is_refused(data_root):
         data.load_split(data_root / "cifar-100-python" / "train", expected_size=50000)
 
 
-def test_missing_data_dir(tmp_path):
-    with pytest.raises(UserError, match="holds neither"):
-        data.locate(tmp_path)
+def positions(images, within):
+    """Row numbers of `images` in `within` (images identified by their bytes: the synthetic ones are unique)."""
+    rows = {image.tobytes(): i for i, image in enumerate(within)}
+    return np.array([rows[image.tobytes()] for image in images])
+
+
+def sha256_of(indices):
+    return hashlib.sha256(",".join(str(i) for i in sorted(indices)).encode()).hexdigest()
+
+
+# sha256 of the sorted indices of the validation splits that the code before the split had its own seed (commit
+# 92cd8bf) carved from the synthetic training set (conftest.make_split(6, 1)): --val-size 200 at --seed 0 and 3.
+OLD_SPLIT_SEED_0 = "4dd206fa9c18daacbad035bf081b549520e386e257124390367371c123479b6d"
+OLD_SPLIT_SEED_3 = "b604fb7df5be2517628055d1a34378906bbe2c880993208db2ba5ffc5ee182fd"
 
 
 def test_validation_split_is_stratified_disjoint_and_reproducible(data_root):
@@ -218,13 +267,78 @@ def test_validation_split_is_stratified_disjoint_and_reproducible(data_root):
     rest, val = data.train_val_split(train, val_size=200, seed=3)
     assert len(val) == 200 and len(rest) == 400
     assert (np.bincount(val.fine, minlength=100) == 2).all()
-    rest_again, val_again = data.train_val_split(train, val_size=200, seed=3)
-    assert (val.images == val_again.images).all()
-    _, val_other = data.train_val_split(train, val_size=200, seed=4)
+    _, val_other = data.train_val_split(train, val_size=200, seed=0, split_seed=1)
     assert not (val.images == val_other.images).all()
     # Disjoint: no training image is in the validation split.
     rest_rows = {img.tobytes() for img in rest.images}
     assert not any(img.tobytes() in rest_rows for img in val.images)
+
+
+def test_validation_split_does_not_move_with_the_run_seed(data_root):
+    """Seed repeats are scored on one split: the one every default (--seed 0) run was scored on."""
+    train = data.load(data_root).train
+    for seed in (0, 3, 7):
+        _, val = data.train_val_split(train, val_size=200, seed=seed)
+        assert sha256_of(positions(val.images, train.images)) == OLD_SPLIT_SEED_0
+
+
+def test_a_split_is_described_by_seed_size_and_the_hash_of_its_indices(data_root):
+    train = data.load(data_root).train
+    _, val = data.train_val_split(train, val_size=200)
+    assert data.describe_split(train.fine, 200) == {"seed": 0, "size": 200,
+                                                    "sha256": sha256_of(positions(val.images, train.images))}
+    assert data.describe_split(train.fine, 200)["sha256"] == OLD_SPLIT_SEED_0
+    assert data.describe_split(train.fine, 200, split_seed=3)["sha256"] == OLD_SPLIT_SEED_3
+
+
+def write_record(folder, record, name="model"):
+    (folder / f"{name}.json").write_text(json.dumps(record))
+    return folder / f"{name}.keras"  # the model itself is never opened
+
+
+def test_a_model_is_scored_on_the_split_of_its_record(data_root, tmp_path):
+    train = data.load(data_root).train
+    described = {"seed": 0, "size": 200, "sha256": OLD_SPLIT_SEED_0}
+    model = write_record(tmp_path, {"kind": "fit", "val_split": described, "config": {"seed": 3, "val_size": 200}})
+    val, description = data.model_validation_split(train, model)
+    assert description == described and sha256_of(positions(val.images, train.images)) == OLD_SPLIT_SEED_0
+    # The command line may repeat what the record says, not contradict it.
+    assert data.model_validation_split(train, model, val_size=200, seed=3)[1] == described
+    with pytest.raises(UserError, match=r"^--val-size 100: the model's record .*model\.json names a 200-image"):
+        data.model_validation_split(train, model, val_size=100)
+    with pytest.raises(UserError, match=r"^--seed 0: the model's record .* was trained with --seed 3"):
+        data.model_validation_split(train, model, seed=0)
+
+
+def test_a_record_from_before_the_split_seed_gets_its_seed_split(data_root, tmp_path):
+    """Runs before the split had its own seed carved it with config.seed: that split, again."""
+    train = data.load(data_root).train
+    model = write_record(tmp_path, {"kind": "fit", "config": {"seed": 3, "val_size": 200}})
+    val, description = data.model_validation_split(train, model)
+    assert description == {"seed": 3, "size": 200, "sha256": OLD_SPLIT_SEED_3}
+    assert sha256_of(positions(val.images, train.images)) == OLD_SPLIT_SEED_3
+
+
+def test_without_a_record_the_default_split(data_root, tmp_path):
+    train = data.load(data_root).train
+    val, description = data.model_validation_split(train, tmp_path / "alone.keras", val_size=200, seed=5)
+    assert description == {"seed": 0, "size": 200, "sha256": OLD_SPLIT_SEED_0}
+    with pytest.raises(UserError, match="--val-size needs more than 50 images per class"):
+        data.model_validation_split(train, tmp_path / "alone.keras")  # 5000 by default
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"kind": "fit", "val_split": {"seed": 0, "size": 200, "sha256": "ab" * 32}},
+     r"model\.json: its validation split \(seed 0, 200 images, sha256 abababababab\.\.\.\) is not the one carved "
+     "from this data set; use the --data-dir the model was trained on$"),
+    ({"kind": "evaluate", "split": "val"}, r"model\.json: names no validation split \(neither 'val_split' nor "
+     r"'config\.val_size'\), so the split the model was scored on cannot be reproduced$"),
+])
+def test_a_record_whose_split_cannot_be_reproduced_is_refused_in_one_line(data_root, tmp_path, record, message):
+    train = data.load(data_root).train
+    with pytest.raises(UserError, match=message) as refused:
+        data.model_validation_split(train, write_record(tmp_path, record))
+    assert "\n" not in str(refused.value)
 
 
 def test_train_subset_is_stratified(data_root):
@@ -251,3 +365,11 @@ def test_shipped_class_names_match_the_real_meta():
     d = data.load(REAL_DATA)
     assert list(classes.FINE_NAMES) == d.fine_names and list(classes.COARSE_NAMES) == d.coarse_names
     assert (np.array(classes.FINE_TO_COARSE) == d.fine_to_coarse()).all()
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="real CIFAR-100 not beside the repo")
+def test_the_real_default_split_is_the_one_default_runs_were_scored_on():
+    # sha256 of the sorted indices of the 5000-image split that the code of commit 92cd8bf carved at --seed 0.
+    train = data.load(REAL_DATA).train
+    assert data.describe_split(train.fine) == {
+        "seed": 0, "size": 5000, "sha256": "a046b8a781bdc119267af6e924d319bb94275bab72df63c1f5cf68c83533e773"}

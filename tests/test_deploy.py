@@ -1,6 +1,7 @@
-"""export --format saved_model|onnx|litert|openvino (int8 too), each run in its own runtime in a fresh process
-that imports nothing of cifar_keras; predict and evaluate on every export; bench --inference; the one-line
-error when a runtime is missing. Formats other than saved_model need the deploy extra (CI installs it)."""
+"""export --format saved_model|onnx|litert|openvino (int8 too) of what `fit cnn` saves, each run in its own runtime
+in a fresh process that imports nothing of cifar_keras, and export's own check of each file (verify.py); predict
+and evaluate on every export; bench --inference; the one-line error when a runtime is missing. Formats other than
+saved_model need the deploy extra (CI installs it)."""
 
 import importlib.util
 import json
@@ -13,7 +14,7 @@ import pytest
 
 from cifar_keras import cli
 from cifar_keras import models
-from cifar_keras.data.classes import FINE_NAMES
+from cifar_keras.data.classes import COARSE_NAMES, FINE_NAMES
 
 DEPLOY = ["tf2onnx", "onnxruntime", "ai_edge_litert", "openvino", "nncf"]
 missing = [name for name in DEPLOY if importlib.util.find_spec(name) is None]
@@ -50,6 +51,7 @@ RUNTIME_SCRIPTS = {
 }
 MODEL_IN_FOLDER = {"saved_model": "", "onnx": "model.onnx", "litert": "model.tflite", "openvino": "model.xml"}
 FORMATS = list(MODEL_IN_FOLDER)
+INT8_FORMATS = ["litert", "openvino"]
 
 
 def run_alone(fmt, model_path, pixels, tmp_path):
@@ -69,7 +71,10 @@ def run_alone(fmt, model_path, pixels, tmp_path):
 
 @pytest.fixture(scope="module")
 def keras_file(tmp_path_factory):
-    model = models.cnn(widths=(8, 16, 16), stem_width=8)
+    """What `fit cnn` saves, small: a frozen 2x2 whitening conv, and the net called on 6 views of each image
+    (Permute, Dense on 4-D tensors, Average)."""
+    model = models.cnn(widths=(8, 16, 16), stem_width=8, stem="whiten", dirac=True)
+    models.whiten_from_data(model, np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3)).astype(np.uint8))
     for layer in model.layers:  # non-trivial BatchNorm statistics, so a wrong inference mode would show
         if "bn" in layer.name:
             layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.3, np.float32))
@@ -77,7 +82,7 @@ def keras_file(tmp_path_factory):
     logits = model.get_layer("logits")
     logits.kernel.assign(logits.kernel * 20.0)
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    model.save(path)
+    models.with_tta(model, translate=True).save(path)
     return path
 
 
@@ -95,13 +100,19 @@ def expected(keras_file, pixels):
 
 @pytest.fixture(scope="module")
 def exports(keras_file, data_root, tmp_path_factory):
-    """root/FORMAT/tiny/1/ for every format whose tools are installed (int8 too for litert and openvino)."""
+    """root/FORMAT/tiny/1/ for every format whose tools are installed, and root/single/FORMAT/tiny/1/ for litert
+    and openvino: the single-view net (--views 1) with its int8 model. Each file checked by export itself on 40
+    test images, the checks recorded in root/FORMAT.json and root/single/FORMAT.json."""
     root = tmp_path_factory.mktemp("exports")
+    checked = ["--data-dir", str(data_root), "--verify-images", "40"]
     for fmt in FORMATS if not missing else ["saved_model"]:
-        int8 = ["--int8", "--data-dir", str(data_root), "--calibration-images", "100"] if fmt in ("litert",
-                                                                                               "openvino") else []
-        assert cli.main(["export", str(keras_file), "--format", fmt, "--root", str(root / fmt), "--no-verify",
-                         *int8]) == 0
+        assert cli.main(["export", str(keras_file), "--format", fmt, "--root", str(root / fmt), *checked,
+                         "--record", str(root / f"{fmt}.json")]) == 0
+    for fmt in INT8_FORMATS if not missing else []:
+        # int8 of the 6-view net quantises each view's softmax: its probabilities no longer sum to 1.
+        assert cli.main(["export", str(keras_file), "--format", fmt, "--root", str(root / "single" / fmt), *checked,
+                         "--views", "1", "--int8", "--calibration-images", "100", "--record",
+                         str(root / "single" / f"{fmt}.json")]) == 0
     return root
 
 
@@ -109,13 +120,19 @@ def folder(exports, fmt):
     return exports / fmt / "tiny" / "1"
 
 
+def int8_folder(exports, fmt):
+    return exports / "single" / fmt / "tiny" / "1"
+
+
 @needs_deploy
 def test_layout_of_each_format(exports):
     assert sorted(p.name for p in folder(exports, "onnx").iterdir()) == ["labels.txt", "model.onnx"]
-    assert sorted(p.name for p in folder(exports, "litert").iterdir()) == ["labels.txt", "model.tflite",
-                                                                           "model_int8.tflite"]
-    assert sorted(p.name for p in folder(exports, "openvino").iterdir()) == ["labels.txt", "model.bin", "model.xml",
-                                                                             "model_int8.bin", "model_int8.xml"]
+    assert sorted(p.name for p in folder(exports, "litert").iterdir()) == ["labels.txt", "model.tflite"]
+    assert sorted(p.name for p in folder(exports, "openvino").iterdir()) == ["labels.txt", "model.bin", "model.xml"]
+    assert sorted(p.name for p in int8_folder(exports, "litert").iterdir()) == ["labels.txt", "model.tflite",
+                                                                                "model_int8.tflite"]
+    assert sorted(p.name for p in int8_folder(exports, "openvino").iterdir()) == [
+        "labels.txt", "model.bin", "model.xml", "model_int8.bin", "model_int8.xml"]
     for fmt in ("onnx", "litert", "openvino"):
         assert (folder(exports, fmt) / "labels.txt").read_text().splitlines() == list(FINE_NAMES)
     assert (folder(exports, "saved_model") / "assets.extra" / "labels.txt").is_file()
@@ -145,9 +162,9 @@ def test_savedmodel_stores_each_variable_once(exports, keras_file):
 
 @needs_deploy
 @pytest.mark.parametrize("fmt, name", [("litert", "model_int8.tflite"), ("openvino", "model_int8.xml")])
-def test_int8_export_is_quantised_and_keeps_the_float_contract(fmt, name, exports, pixels, tmp_path):
-    path = folder(exports, fmt) / name
-    float_size = (folder(exports, fmt) / MODEL_IN_FOLDER[fmt]).stat().st_size
+def test_int8_export_is_quantised_and_keeps_the_float_contract(fmt, name, exports, data_root, tmp_path):
+    path = int8_folder(exports, fmt) / name
+    float_size = (int8_folder(exports, fmt) / MODEL_IN_FOLDER[fmt]).stat().st_size
     if fmt == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
@@ -158,11 +175,16 @@ def test_int8_export_is_quantised_and_keeps_the_float_contract(fmt, name, export
     else:
         text = path.read_text()
         assert "FakeQuantize" in text or 'element_type="i8"' in text or 'element_type="u8"' in text
-        assert path.with_suffix(".bin").stat().st_size < folder(exports, fmt).joinpath("model.bin").stat().st_size
+        assert path.with_suffix(".bin").stat().st_size < int8_folder(exports, fmt).joinpath("model.bin").stat().st_size
+    # Test images, like the training images the int8 model was calibrated on (random pixels lie outside the
+    # calibrated ranges).
+    from cifar_keras import data
+
+    pixels = data.load(data_root).test.images[:6].astype(np.float32)
     probabilities = run_alone(fmt, path, pixels, tmp_path)
     assert probabilities.shape == (len(pixels), 100) and probabilities.dtype == np.float32
-    # LiteRT quantises the softmax output too, in steps of 1/256.
-    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=0.05)
+    # LiteRT quantises the softmax output too, in steps of 1/256: each of the 100 is off by up to half a step.
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=100 * 0.5 / 256 if fmt == "litert" else 0.05)
 
 
 @needs_deploy
@@ -193,7 +215,8 @@ def test_predict_and_evaluate_accept_every_format(exports, keras_file, data_root
         record = evaluate(path)
         assert record["test"]["top1"] == reference_scores["top1"], path
         assert record["format"] in FORMATS and record["precision"] == "float32"
-    for path in (folder(exports, "litert") / "model_int8.tflite", folder(exports, "openvino") / "model_int8.xml"):
+    for path in (int8_folder(exports, "litert") / "model_int8.tflite",
+                 int8_folder(exports, "openvino") / "model_int8.xml"):
         assert len(predict(path)) == len(images)
         assert evaluate(path)["precision"] == "int8"
 
@@ -205,22 +228,75 @@ def test_export_verifies_in_a_fresh_process(keras_file, tmp_path, capsys):
     assert "verified" in out and "onnxruntime" in out and "fresh process" in out and "100.0 %" in out
 
 
+RUNTIME_NAMES = {"saved_model": "tensorflow ", "onnx": "onnxruntime ", "litert": "ai-edge-litert ",
+                 "openvino": "openvino "}
+
+
+@pytest.mark.parametrize("fmt, views", [(fmt, 6) for fmt in FORMATS] + [(fmt, 1) for fmt in INT8_FORMATS])
+def test_export_checks_each_file_in_its_runtime_and_records_it(fmt, views, exports):
+    if fmt != "saved_model" and missing:
+        pytest.skip("deploy extra not installed")
+    record = json.loads((exports / ("single" if views == 1 else "") / f"{fmt}.json").read_text())
+    assert record["kind"] == "export" and record["views"] == views
+    assert record["verified_on"] == "the first 40 test images"
+    files = {"saved_model": [("", "float32")], "onnx": [("model.onnx", "float32")],
+             "litert": [("model.tflite", "float32"), ("model_int8.tflite", "int8")],
+             "openvino": [("model.xml", "float32"), ("model_int8.xml", "int8")]}[fmt]
+    files = files if views == 1 else files[:1]
+    where = int8_folder(exports, fmt) if views == 1 else folder(exports, fmt)
+    checks = record["verification"]
+    assert [(c["path"], c["precision"]) for c in checks] == [(str(where / name) if name else str(where), precision)
+                                                             for name, precision in files]
+    for check in checks:
+        assert check["format"] == fmt and check["runtime"].startswith(RUNTIME_NAMES[fmt]) and check["images"] == 40
+        if check["precision"] == "float32":
+            assert check["top1_agreement"] == 1.0 and 0 <= check["max_abs_diff"] < 1e-4
+        else:
+            assert 0 <= check["top1_agreement"] <= 1 and check["max_abs_diff"] >= 0
+
+
 @needs_deploy
-def test_tta_and_whitening_stem_convert_to_every_format_and_the_check_is_recorded(data_root, tmp_path, capsys):
-    """What `fit cnn` saves: a nested model called on 6 views (Permute, Dense on 4-D tensors, Average), a
-    frozen 2x2 conv; verified on real test images, the check written as a record."""
-    base = models.cnn(widths=(8, 16, 16), stem_width=8, stem="whiten", dirac=True)
-    models.whiten_from_data(base, np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3)).astype(np.uint8))
-    models.with_tta(base, translate=True).save(tmp_path / "tta.keras")
-    for fmt in FORMATS:
-        record = tmp_path / f"verify_{fmt}.json"
-        assert cli.main(["export", str(tmp_path / "tta.keras"), "--format", fmt, "--root", str(tmp_path / fmt),
-                         "--data-dir", str(data_root), "--verify-images", "40", "--record", str(record)]) == 0
-        out = capsys.readouterr().out
-        assert out.count("verified") == 1 and "100.0 % of the first 40 test images" in out, out
-        checks = json.loads(record.read_text())["verification"]
-        assert [c["format"] for c in checks] == [fmt] and checks[0]["images"] == 40
-        assert checks[0]["top1_agreement"] == 1.0 and 0 <= checks[0]["max_abs_diff"] < 1e-4
+def test_verify_module_runs_a_model_of_its_format_with_its_runtime_alone(exports, tmp_path, monkeypatch):
+    from cifar_keras.deploy import verify
+    from cifar_keras.errors import UserError
+
+    np.save(tmp_path / "pixels.npy", np.zeros((1, 32, 32, 3), np.float32))
+    with pytest.raises(UserError, match="format onnx, not litert"):
+        verify.main(["litert", str(folder(exports, "onnx") / "model.onnx"), str(tmp_path / "pixels.npy"),
+                     str(tmp_path / "out.npy")])
+    for name in ("tensorflow", "keras", "jax", "torch"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert verify.foreign_frameworks("onnx") == []
+    monkeypatch.setitem(sys.modules, "keras", sys)  # stands for an imported Keras
+    assert verify.foreign_frameworks("openvino") == ["keras"]
+    assert verify.foreign_frameworks("saved_model") == []  # TensorFlow imports Keras itself
+
+
+def test_labels_follow_the_models_classes(tmp_path, capsys):
+    models.mlp(hidden=(8,), num_classes=20).save(tmp_path / "coarse.keras")
+    assert cli.main(["export", str(tmp_path / "coarse.keras"), "--root", str(tmp_path), "--no-verify"]) == 0
+    labels = tmp_path / "coarse" / "1" / "assets.extra" / "labels.txt"
+    assert labels.read_text().splitlines() == list(COARSE_NAMES)
+    models.mlp(hidden=(8,), num_classes=10).save(tmp_path / "ten.keras")
+    capsys.readouterr()
+    assert cli.main(["export", str(tmp_path / "ten.keras"), "--root", str(tmp_path), "--no-verify"]) == 2
+    assert "10 output classes" in capsys.readouterr().err and not (tmp_path / "ten").exists()
+
+
+@pytest.mark.parametrize("count", [100, 150])
+def test_calibration_images_are_training_images_stratified_over_the_classes(count, data_root):
+    from cifar_keras import data
+    from cifar_keras.deploy.export import calibration_images
+
+    train, test = data.load(data_root).train, data.load(data_root).test
+    images = calibration_images(data_root, count)
+    assert images.shape == (count, 32, 32, 3) and images.dtype == np.uint8
+    found = [np.flatnonzero((train.images == image).all(axis=(1, 2, 3))) for image in images]
+    assert all(len(rows) == 1 for rows in found)  # each a training image, none twice
+    assert len({int(rows[0]) for rows in found}) == count
+    assert not any((test.images == image).all(axis=(1, 2, 3)).any() for image in images)
+    per_class = np.bincount(train.fine[[int(rows[0]) for rows in found]], minlength=100)
+    assert per_class.min() == 1 and per_class.max() == -(-count // 100)  # 100: one each; 150: one or two
 
 
 @pytest.mark.parametrize("module, argv, message", [

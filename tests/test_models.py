@@ -6,10 +6,11 @@ from cifar_keras import config
 from cifar_keras import cli
 from cifar_keras import data
 from cifar_keras import models
+from cifar_keras.errors import UserError
 
 
 def test_registry_matches_the_command_line_and_the_recipes():
-    assert set(models.MODELS) == set(cli.MODEL_NAMES) == set(config.RECIPES)
+    assert set(models.MODELS) == set(config.MODEL_NAMES) == set(config.RECIPES)
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
@@ -18,7 +19,7 @@ def test_model_args_must_be_arguments_of_the_builder(name):
 
     space_args = models.MODELS[name].space(keras_tuner.HyperParameters())["model_args"]
     assert models.check_model_args(space_args, name, "space") == space_args  # the search space builds
-    with pytest.raises(cli.UserError, match=rf"^best.json: unknown model_args for {name}: colour, size$"):
+    with pytest.raises(UserError, match=rf"^best.json: unknown model_args for {name}: colour, size$"):
         models.check_model_args({**space_args, "size": 3, "colour": "red"}, name, "best.json")
 
 
@@ -42,8 +43,41 @@ def test_normalisation_uses_the_dataset_statistics():
 
 
 def test_unknown_model_is_a_user_error():
-    with pytest.raises(cli.UserError, match="unknown model 'vgg'"):
+    with pytest.raises(UserError, match="unknown model 'vgg'"):
         models.get_spec("vgg")
+
+
+@pytest.mark.parametrize("name, params", [
+    # whitening 2*2*3*24; per stage conv 3*3*Cin*W + residual conv 3*3*W*W + two BatchNorms 2*4*W; logits 512*100+100
+    ("cnn", 288 + (3 * 3 * 24 * 96 + 3 * 3 * 96 * 96 + 8 * 96) + (3 * 3 * 96 * 256 + 3 * 3 * 256 * 256 + 8 * 256)
+     + (3 * 3 * 256 * 512 + 3 * 3 * 512 * 512 + 8 * 512) + 512 * 100 + 100),
+    # 3072 pixels -> 1536 -> 768 (no biases, each with a BatchNorm of 4 weights per unit) -> 100 logits
+    ("mlp", 3072 * 1536 + 4 * 1536 + 1536 * 768 + 4 * 768 + 768 * 100 + 100),
+])
+def test_the_recipes_model_is_built_from_the_recipe_alone(name, params):
+    recipe_model = models.MODELS[name].build(**config.RECIPES[name]["model_args"])
+    assert recipe_model.count_params() == params
+    if name == "cnn":
+        assert "whiten" in {layer.name for layer in recipe_model.layers} and recipe_model.whiten_eps == 0.01
+
+
+def test_the_builders_own_defaults_stay_what_earlier_runs_were_built_with():
+    """A partial --model-args, and the commands of earlier runs, complete with them: a conv-stem CNN."""
+    names = {layer.name for layer in models.cnn().layers}
+    assert "stem_conv" in names and "whiten" not in names
+    assert models.full_model_args("cnn", {"stem": "whiten", "dirac": True}) == {
+        "widths": [96, 256, 512], "stem_width": 32, "depth": 1, "dropout": 0.0, "bn_momentum": 0.9,
+        "logit_scale": 0.125, "stem": "whiten", "dirac": True, "whiten_eps": 5e-4}
+    assert models.full_model_args("mlp", {}) == {"hidden": [1536, 768], "dropout": 0.3, "leaky_alpha": 0.1}
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_a_search_starts_from_the_recipe(name):
+    """Every default of the search space is the recipe's: the first trial (all defaults) trains the recipe."""
+    import keras_tuner
+
+    defaults = models.MODELS[name].space(keras_tuner.HyperParameters())
+    assert config.make_config(name, hparams=defaults) == config.make_config(name)
 
 
 def test_mlp_is_the_seed_baseline_shape():
@@ -141,7 +175,7 @@ def test_dirac_init_makes_stage_convs_start_as_the_identity():
 
 def test_muon_orthogonalises_convolution_updates_and_leaves_the_rest_to_adamw():
     from cifar_keras.config import make_config
-    from cifar_keras.training.fit import make_optimizer
+    from cifar_keras.training.optimizers import make_optimizer
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(16, 3, use_bias=False, name="conv")(inputs)
@@ -173,7 +207,7 @@ def test_muon_orthogonalises_convolution_updates_and_leaves_the_rest_to_adamw():
 @pytest.mark.parametrize("decay", ["cosine", "linear"])
 def test_schedule_warms_up_linearly_then_decays_to_zero_in_its_shape(decay):
     from cifar_keras.config import make_config
-    from cifar_keras.training.fit import make_schedule
+    from cifar_keras.training.optimizers import make_schedule
 
     schedule = make_schedule(make_config("cnn", learning_rate=0.4, warmup=0.25, epochs=4, decay=decay),
                              steps_per_epoch=100)
@@ -186,7 +220,7 @@ def test_schedule_warms_up_linearly_then_decays_to_zero_in_its_shape(decay):
 
 
 def test_linear_schedule_survives_saving_with_the_optimizer(tmp_path):
-    from cifar_keras.training.fit import LinearDecay
+    from cifar_keras.training.optimizers import LinearDecay
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(LinearDecay(0.1, warmup_steps=2, total_steps=10)), "mse")

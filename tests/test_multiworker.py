@@ -4,19 +4,22 @@ the cluster checks, and `launch`."""
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cifar_keras import cli
-from cifar_keras.distributed import multiworker
+from cifar_keras.distributed import address, processes, slurm
+from cifar_keras.distributed.cluster import Cluster, resolve_cluster
+from cifar_keras.distributed.rendezvous import rendezvous
+from cifar_keras.distributed.team import Team
 from cifar_keras.config import make_config
 from cifar_keras.errors import UserError
 
@@ -78,7 +81,7 @@ def free_port():
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
-                 "KERAS_DISTRIBUTION_PROCESS_ID", "JAX_COORDINATOR_PORT", *multiworker.SLURM_VARIABLES):
+                 "KERAS_DISTRIBUTION_PROCESS_ID", "JAX_COORDINATOR_PORT", *slurm.VARIABLES):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -86,41 +89,112 @@ def clean_env(monkeypatch):
 def test_cluster_from_flags_then_keras_variables_then_slurm(clean_env):
     clean_env.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "10.0.0.1:1234,10.0.0.2:1234,10.0.0.3:1234")
     clean_env.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "2")
-    cluster = multiworker.resolve_cluster()  # Keras' own convention: the first address is the coordinator
+    cluster = resolve_cluster()  # Keras' own convention: the first address is the coordinator
     assert (cluster.coordinator, cluster.num_processes, cluster.process_id) == ("10.0.0.1:1234", 3, 2)
-    cluster = multiworker.resolve_cluster(process_id=1)  # a flag wins over the variable
+    cluster = resolve_cluster(process_id=1)  # a flag wins over the variable
     assert (cluster.process_id, cluster.num_processes) == (1, 3)
     with pytest.raises(UserError, match="lists 3 processes, but the cluster has 2"):
-        multiworker.resolve_cluster(num_processes=2)
+        resolve_cluster(num_processes=2)
 
     for name in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_PROCESS_ID"):
         clean_env.delenv(name)
     with pytest.raises(UserError, match="cluster: --coordinator HOST:PORT, --num-processes N, --process-id I"):
-        multiworker.resolve_cluster()
+        resolve_cluster()
     # A Slurm job step, as JAX reads it: the first node, a port from the job id.
     for name, value in (("SLURM_JOB_ID", "4100"), ("SLURM_STEP_NODELIST", "node[007-009],gpu1"), ("SLURM_NTASKS", "4"),
                         ("SLURM_PROCID", "3"), ("SLURM_LOCALID", "0")):
         clean_env.setenv(name, value)
-    cluster = multiworker.resolve_cluster()
+    cluster = resolve_cluster()
     assert cluster.coordinator == f"node007:{4100 % 4096 + 61440}" and cluster.num_processes == 4
     assert cluster.process_id == 3 and cluster.source == "Slurm"
-    assert multiworker.resolve_cluster(coordinator="h:5").coordinator == "h:5"
+    assert resolve_cluster(coordinator="h:5").coordinator == "h:5"
 
     with pytest.raises(UserError, match="expected HOST:PORT"):
-        multiworker.resolve_cluster("nohost", 2, 0)
+        resolve_cluster("nohost", 2, 0)
     with pytest.raises(UserError, match=r"process id 2 is outside 0\.\.1"):
-        multiworker.resolve_cluster("h:1", 2, 2)
+        resolve_cluster("h:1", 2, 2)
 
 
-def rendezvous_all(specs, timeout=20.0, busy=False):
-    """Run multiworker.rendezvous for each (num_processes, process_id) in threads; their errors (None: joined)."""
-    port = free_port()
+def test_slurm_node_lists_and_job_ports_as_jax_reads_them(clean_env):
+    # The first host of every form of SLURM_STEP_NODELIST.
+    for node_list in ("node001", "node001,gpu1", "node[001-015],gpu1", "node[001,007-015],gpu1", "node[001]"):
+        assert slurm.first_node(node_list) == "node001"
+    assert slurm.first_node("a1,b[2-3]") == "a1"
+    for name, value in (("SLURM_JOB_ID", "7"), ("SLURM_STEP_NODELIST", "gpu[12-13]"), ("SLURM_NTASKS", "2"),
+                        ("SLURM_PROCID", "1"), ("SLURM_LOCALID", "1")):
+        clean_env.setenv(name, value)
+    assert slurm.slurm_cluster() == ("gpu12:61447", 2, 1)  # 61440 + 7 % 4096
+    clean_env.setenv("JAX_COORDINATOR_PORT", "5000")
+    assert slurm.slurm_cluster() == ("gpu12:5000", 2, 1)
+    clean_env.setenv("SLURM_NTASKS", "two")
+    with pytest.raises(UserError, match="SLURM_NTASKS must be an integer, got 'two'"):
+        resolve_cluster()
+    clean_env.delenv("SLURM_LOCALID")
+    assert slurm.slurm_cluster() is None  # not a Slurm job step
+
+
+def test_host_port_addresses():
+    assert address.parse("10.0.0.1:8000", "oracle", "x") == ("10.0.0.1", 8000)
+    assert address.parse("[::1]:8000", "oracle", "x") == ("[::1]", 8000)  # gRPC and JAX take the brackets
+    for text in ("h", "h:", ":80", "h:0", "h:65536", "h:8o"):
+        with pytest.raises(UserError, match=rf"^coordinator '{re.escape(text)}': expected HOST:PORT \(its meaning\)$"):
+            address.parse(text, "coordinator", "its meaning")
+    assert [address.is_loopback(h) for h in ("localhost", "127.0.0.1", "127.1.2.3", "[::1]", "::1")] == [True] * 5
+    assert [address.is_loopback(h) for h in ("10.0.0.1", "node007", "[::]", "0.0.0.0")] == [False] * 4
+    assert address.listen_address("127.0.0.1", 80) == "127.0.0.1:80"
+    assert address.listen_address("[::1]", 80) == "[::1]:80"
+    assert address.listen_address("node007", 80) == "[::]:80"
+    assert Cluster("[::1]:9000", 2, 0).host_port == ("::1", 9000) and Cluster("[::1]:9000", 2, 0).loopback
+
+
+def test_an_error_of_process_0_while_it_prepares_stops_the_others_with_one_line():
+    """Team.share: when process 0's make() fails, whatever the error, the others end with one line instead of
+    waiting for process 0's files in the broadcast."""
+    sent = []
+
+    class Wire(Team):  # a broadcast through a list: what process 0 sends, the others receive
+        def broadcast(self, data=None):
+            if self.primary:
+                sent.append(data)
+                return data
+            assert sent, "process 0 sent nothing: the others would wait in the broadcast for ever"
+            return sent.pop(0)
+
+    def not_on_this_process():
+        raise AssertionError("only process 0 runs make()")
+
+    def corrupt():  # what reading a corrupt .work/NAME/config.json raises
+        return json.loads("{broken")
+
+    with pytest.raises(json.JSONDecodeError):
+        Wire(0, 2).share(corrupt)
+    with pytest.raises(UserError) as error:
+        Wire(1, 2).share(not_on_this_process)
+    assert str(error.value) == ("process 0 failed (JSONDecodeError: Expecting property name enclosed in double quotes: "
+                                "line 1 column 2 (char 1)); see its output")
+
+    def refused():
+        raise UserError("an interrupted run of 'mlp' with another config is there")
+
+    with pytest.raises(UserError):
+        Wire(0, 2).share(refused)
+    with pytest.raises(UserError, match=r"^process 0: an interrupted run of 'mlp' with another config is there$"):
+        Wire(1, 2).share(not_on_this_process)
+
+    assert Wire(0, 2).share(lambda: ([1, 5], {"a": b"xy", "log": b""})) == ([1, 5], {"a": b"xy", "log": b""})
+    assert Wire(1, 2).share(not_on_this_process) == ([1, 5], {"a": b"xy", "log": b""})
+    assert not sent
+
+
+def rendezvous_all(specs, timeout=20.0, busy=False, port=None):
+    """Run rendezvous for each (num_processes, process_id) in threads; their errors (None: joined)."""
+    port = port or free_port()
     blocker = socket.create_server(("", port)) if busy else None
     errors = [None] * len(specs)
 
     def run(i, n, pid):
         try:
-            multiworker.rendezvous(multiworker.Cluster(f"127.0.0.1:{port}", n, pid, timeout))
+            rendezvous(Cluster(f"127.0.0.1:{port}", n, pid, timeout))
         except UserError as e:
             errors[i] = str(e)
 
@@ -153,6 +227,31 @@ def test_rendezvous_gives_one_line_errors_for_a_wrong_cluster():
     assert error.startswith("process 0 cannot listen on port") and "repeated --process-id 0" in error
 
 
+def port_taken(host, port):
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="all of 127.0.0.0/8 is this machine's on Linux")
+def test_process_0_listens_on_loopback_alone_for_a_loopback_coordinator():
+    port = free_port()
+    errors = []
+    waiting = threading.Thread(target=lambda: errors.extend(rendezvous_all([(2, 0)], timeout=2.0, port=port)))
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not port_taken("127.0.0.1", port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert port_taken("127.0.0.1", port)  # process 0 listens, waiting for process 1
+    assert not port_taken("127.0.0.2", port)  # on 127.0.0.1 alone: not on every interface
+    waiting.join(30)
+    assert errors == ["only 1 of 2 processes joined within 2 s (missing: process 1): start them with --coordinator "
+                      f"127.0.0.1:{port} --num-processes 2 (or raise --cluster-timeout)"]
+
+
 def test_multiworker_on_tensorflow_says_to_use_jax(data_root, tmp_path, capsys):
     import keras
 
@@ -167,13 +266,13 @@ def test_multiworker_on_tensorflow_says_to_use_jax(data_root, tmp_path, capsys):
 
 
 def test_launch_command_and_its_errors():
-    command = multiworker.launch_command(["--", "fit", "mlp", "--epochs", "1"])
+    command = processes.launch_command(["--", "fit", "mlp", "--epochs", "1"])
     assert command[1:] == ["-m", "cifar_keras", "fit", "mlp", "--epochs", "1", "--distribute", "multiworker"]
     for arguments, message in ((["evaluate", "x.keras"], "launch runs a fit command"),
                                (["fit", "mlp", "--distribute", "mirrored"], "not --distribute mirrored"),
                                (["fit", "mlp", "--process-id", "1"], "drop --process-id")):
         with pytest.raises(UserError, match=message):
-            multiworker.launch_command(arguments)
+            processes.launch_command(arguments)
 
 
 def test_padded_validation_batches_score_the_whole_split(data_root):
@@ -182,13 +281,13 @@ def test_padded_validation_batches_score_the_whole_split(data_root):
 
     from cifar_keras import data
     from cifar_keras import models
-    from cifar_keras.training import fit
+    from cifar_keras.training.optimizers import compile_model
     from cifar_keras.data.pipeline import make_dataset, padded_dataset
 
     split = data.train_val_split(data.load(data_root).train, 100, seed=0)[1].take(np.arange(93))
     config = make_config("mlp", model_args=MODEL_ARGS)
     model = models.get_spec("mlp").build(**MODEL_ARGS)
-    fit.compile_model(model, config, steps_per_epoch=1)
+    compile_model(model, config, steps_per_epoch=1)
     plain = model.evaluate(make_dataset(split, 500), verbose=0, return_dict=True)
     padded = model.evaluate(padded_dataset(split, 40), verbose=0, return_dict=True)  # 3 batches, 27 blanks
     assert padded == pytest.approx(plain, rel=1e-5)
@@ -216,7 +315,7 @@ def test_launch_stops_the_others_when_one_fails_and_exits_with_its_code(capfd, t
         time.sleep(60)
     """)
     start = time.monotonic()
-    code = multiworker.run_processes([sys.executable, "-c", script], 3,
+    code = processes.run_processes([sys.executable, "-c", script], 3,
                                      env={**os.environ, "KERAS_BACKEND": "jax", "READY": str(tmp_path / "ready")},
                                      grace=5)
     took = time.monotonic() - start
@@ -224,7 +323,7 @@ def test_launch_stops_the_others_when_one_fails_and_exits_with_its_code(capfd, t
     assert code == 7 and took < 40  # the two sleepers were stopped
     assert "process 0 127.0.0.1:" in out and " 3 jax" in out  # process 0's output is shown, the others' is not
     assert "process 1" not in out and "[2] process 2 fails" in err and "process 2 of 3 failed (exit code 7)" in err
-    assert multiworker.run_processes([sys.executable, "-c", "pass"], 2) == 0
+    assert processes.run_processes([sys.executable, "-c", "pass"], 2) == 0
 
 
 # --- real processes ----------------------------------------------------------------------------
@@ -242,40 +341,50 @@ def child_env(tmp_path, hooks_out=None, **extra):
     return env
 
 
-@pytest.mark.slow
-def test_processes_of_different_runs_stop_together_with_one_line(tmp_path, data_root):
-    """They form the cluster (the flags' way), then find that they would not train the same run."""
-    port = free_port()
-    started = [subprocess.Popen([sys.executable, "-m", "cifar_keras", *FIT, "--data-dir", str(data_root),
-                                 "--output-dir", str(tmp_path / "out"), "--distribute", "multiworker", "--coordinator",
-                                 f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i), "--lr", lr],
-                                env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for i, lr in ((0, "0.1"), (1, "0.2"))]
-    for p in started:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 2, err[-2000:]
-        assert "joined the cluster of coordinator" in out and "(from flags)" in out
-        assert err.strip().splitlines()[-1] == (
-            "error: process 1 of 2 would train another run than process 0 (options, recipe or tuned "
-            "hyperparameters differ): give every process the same fit command and files")
-    assert not (tmp_path / "out").exists()
+def test_processes_of_different_runs_stop_together_with_one_line():
+    """check_same_run: every process compares the fingerprints of all (JAX's allgather, here the rows it returns)."""
+    class Gathered(Team):
+        def gather(self, data):
+            return rows
+
+    rows = [b"run-a", b"run-a", b"run-b", b"run-b"]
+    for i in range(4):
+        with pytest.raises(UserError, match=r"^process 2, 3 of 4 would train another run than process 0 \(options, "
+                                            r"recipe or tuned hyperparameters differ\): give every process the same "
+                                            r"fit command and files$"):
+            Gathered(i, 4).check_same_run(("run-a", "run-a", "run-b", "run-b")[i])
+    rows = [b"run-a"] * 4
+    team = Gathered(3, 4)
+    team.check_same_run("run-a")
+    assert team.fingerprint == "run-a"  # it names the scratch folder's run
 
 
 @pytest.mark.slow
-def test_launch_exits_with_the_code_of_its_failing_processes(tmp_path, data_root):
-    """An interrupted run of another config in the output folder: process 0 refuses to resume it, the other process
-    stops with the same one-line error, and launch exits with their exit code."""
+def test_a_failure_of_process_0_before_training_stops_the_other_with_one_line(tmp_path, data_root):
+    """Two processes form the cluster (the flags' way); process 0 then fails as it reads its run folder (a corrupt
+    .work/mlp/config.json of an interrupted run), and the other process, which waits for process 0's files, stops
+    with one line that names process 0's error, instead of waiting for ever. Nothing is written."""
     work = tmp_path / "out" / ".work" / "mlp"
     (work / "backup").mkdir(parents=True)
     (work / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 1}))
-    (work / "config.json").write_text(json.dumps(make_config("mlp", epochs=5).to_dict()))
-    done = subprocess.run([sys.executable, "-m", "cifar_keras", "launch", "--processes", "2", "--", *FIT,
-                           "--data-dir", str(data_root), "--output-dir", str(tmp_path / "out")],
-                          env=child_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "an interrupted run of 'mlp' with another config is there" in done.stderr
-    assert "process 0 of 2 joined the cluster of coordinator 127.0.0.1:" in done.stdout
-    assert "failed (exit code 2); the others were stopped" in done.stderr.strip().splitlines()[-1]
+    (work / "config.json").write_text("{broken")
+    port = free_port()
+    started = [subprocess.Popen([sys.executable, "-m", "cifar_keras", *FIT, "--data-dir", str(data_root),
+                                 "--output-dir", str(tmp_path / "out"), "--distribute", "multiworker", "--coordinator",
+                                 f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                                env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    (out0, err0), (out1, err1) = [p.communicate(timeout=300) for p in started]
+    for out in (out0, out1):
+        assert "joined the cluster of coordinator" in out and "(from flags)" in out
+    last0, last1 = err0.strip().splitlines()[-1], err1.strip().splitlines()[-1]
+    assert started[1].returncode == 2, err1[-2000:]
+    if started[0].returncode == 1:  # an unexpected error (a traceback's last line) ...
+        error, message = last0.split(": ", 1)
+        assert last1 == f"error: process 0 failed ({error.rsplit('.', 1)[-1]}: {message}); see its output"
+        assert error == "json.decoder.JSONDecodeError"
+    else:  # ... or one line (should reading the corrupt file become a UserError)
+        assert started[0].returncode == 2 and last1 == f"error: process 0: {last0.removeprefix('error: ')}"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".work"]
 
 
@@ -293,7 +402,8 @@ def test_two_processes_train_as_one_resume_and_write_one_record(tmp_path, data_r
 
     from cifar_keras import records
     from cifar_keras import models
-    from cifar_keras.training import fit
+    from cifar_keras.training.inputs import build_inputs, training_data
+    from cifar_keras.training.optimizers import compile_model
     from cifar_keras.data.pipeline import make_dataset
 
     out, hooks = tmp_path / "out", tmp_path / "hooks_out"
@@ -335,8 +445,8 @@ def test_two_processes_train_as_one_resume_and_write_one_record(tmp_path, data_r
 
     # Each process fed its own half of every global batch of the resumed epoch.
     config = make_config("mlp", epochs=2, batch_size=25, val_size=100, model_args=MODEL_ARGS)
-    _, train_split, val_split = fit.build_inputs(config, data_root)
-    expected = [sha1s(x.numpy()) for x, _ in fit.training_data(train_split, config, 50, first_epoch=1)]
+    _, train_split, val_split = build_inputs(config, data_root)
+    expected = [sha1s(x.numpy()) for x, _ in training_data(train_split, config, 50, first_epoch=1)]
     shares = [json.loads((hooks / f"shares-{i}.json").read_text()) for i in range(2)]
     assert len(shares[0]) == len(shares[1]) == len(expected) == 10
     for step, batch in enumerate(expected):
@@ -347,7 +457,7 @@ def test_two_processes_train_as_one_resume_and_write_one_record(tmp_path, data_r
     # The validation metrics the cluster logged are those of the whole split, evaluated by one process.
     model = models.get_spec("mlp").build(**MODEL_ARGS)
     model.set_weights([weights[0][f"arr_{i}"] for i in range(len(weights[0].files))])
-    fit.compile_model(model, config, steps_per_epoch=1)
+    compile_model(model, config, steps_per_epoch=1)
     single = model.evaluate(make_dataset(val_split, 500), verbose=0, return_dict=True)
     logged = records.read_log(out / "mlp.log.csv")[-1]
     assert logged["val_accuracy"] == pytest.approx(single["accuracy"], abs=1e-6)
@@ -365,14 +475,14 @@ def test_supervise_pins_each_process_to_its_cores_before_it_starts(tmp_path):
     available = sorted(os.sched_getaffinity(0))
     if len(available) < 2:
         pytest.skip("needs 2 cores")
-    shares = multiworker.core_shares(2, 1)
+    shares = processes.core_shares(2, 1)
     assert shares == [available[:1], available[1:2]]
     script = "import os, sys; open(sys.argv[1], 'w').write(repr(sorted(os.sched_getaffinity(0))))"
     commands = [[sys.executable, "-c", script, str(tmp_path / f"cores{i}")] for i in range(2)]
-    assert multiworker.supervise(commands, cores=shares) == 0
+    assert processes.supervise(commands, cores=shares) == 0
     assert [eval((tmp_path / f"cores{i}").read_text()) for i in range(2)] == shares
     with pytest.raises(UserError, match=f"need {2 * (len(available) + 1)} cores; this machine gives"):
-        multiworker.core_shares(2, len(available) + 1)
+        processes.core_shares(2, len(available) + 1)
 
 
 def test_launch_pins_only_fit_processes(capsys):

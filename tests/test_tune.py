@@ -7,7 +7,7 @@ import pytest
 from cifar_keras import config
 from cifar_keras import cli
 from cifar_keras import models
-from cifar_keras.training import fit
+from cifar_keras.training import optimizers
 from cifar_keras.search import tune
 from cifar_keras.errors import UserError
 
@@ -64,9 +64,11 @@ def test_fit_uses_best_hparams_and_flags_override(data_root, tmp_path, monkeypat
     assert record["config"]["batch_size"] == 50  # the flag wins
     # Bias-free hidden layers, each with BatchNorm (gamma, beta, moving mean and variance).
     assert record["params"] == 3072 * 40 + 40 * 24 + (24 * 100 + 100) + 4 * (40 + 24)
-    assert cli.main([*argv, "--hparams", "none"]) == 0
+    assert cli.main([*argv, "--hparams", "none", "--overwrite"]) == 0
     record = json.loads((tmp_path / "out" / "mlp.json").read_text())
-    assert record["hparams_file"] is None and record["config"]["model_args"] == {}
+    recipe = json.loads(json.dumps(config.make_config("mlp").model_args))  # the recipe's, not the tuned file's
+    assert record["hparams_file"] is None and record["config"]["model_args"] == recipe
+    assert record["config"]["model_args"]["hidden"] != [40, 24]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -106,21 +108,22 @@ def test_search_space_defaults_are_the_built_in_recipe(model):
     import keras_tuner
 
     spec, hp = models.get_spec(model), keras_tuner.HyperParameters()
-    found = config.make_config(model, hparams=spec.space(hp))
+    space = spec.space(hp)
+    found = config.make_config(model, hparams=space)
     recipe = config.make_config(model)
     assert isinstance(found, config.RunConfig) and isinstance(recipe, config.RunConfig)
     builder = {k: p.default for k, p in inspect.signature(spec.build).parameters.items()}
     # The space sets builder arguments at the recipe's values (the builder's defaults unless the recipe sets them).
     expected = {**builder, **recipe.model_args}
-    searched = set(found.model_args) - set(recipe.model_args)
-    assert searched
+    searched = set(space["model_args"])  # the builder arguments the space varies
+    assert searched and searched <= set(builder)
     for key, value in found.model_args.items():
         assert list(value) == list(expected[key]) if isinstance(value, (list, tuple)) else value == expected[key]
     assert dataclasses.replace(found, model_args={}) == dataclasses.replace(recipe, model_args={})
 
 
 def test_budget_epochs_is_the_nearest_whole_number_or_what_fits():
-    from cifar_keras.training.fit import epochs_in_budget
+    from cifar_keras.training.budget import epochs_in_budget
 
     assert epochs_in_budget(60, 10, within=False) == 6  # 6000 images in a minute: six epochs of 1000
     assert epochs_in_budget(60, 1000 / 124, within=False) == 7  # 7.44: nearest
@@ -133,9 +136,10 @@ def test_budgeted_search_starts_from_the_recipe_and_sizes_epochs_by_speed(data_r
 
     from cifar_keras import data
     from cifar_keras import models
-    from cifar_keras.training.fit import epochs_in_budget
+    from cifar_keras.training.budget import epochs_in_budget
 
-    best, trials = search(data_root, tmp_path, "random", "--budget", "recipe")
+    subset = 100  # training images of each trial: one batch (the fewer, the cheaper its budgeted epochs)
+    best, trials = search(data_root, tmp_path, "random", "--budget", "recipe", "--train-size", str(subset))
     recipe = keras_tuner.HyperParameters()
     models.mlp_space(recipe)
     assert trials[0]["hyperparameters"] == recipe.values  # the built-in recipe is trial 0
@@ -143,9 +147,9 @@ def test_budgeted_search_starts_from_the_recipe_and_sizes_epochs_by_speed(data_r
     record = json.loads((tmp_path / "mlp" / "search.json").read_text())
     assert record["budget"]["of"] == "recipe" and record["budget"]["recipe_epochs"] == 40
     full_train = len(data.load(data_root).train) - 100
-    trial_s = 60 * record["budget"]["budget_minutes"] * 300 / full_train
+    trial_s = 60 * record["budget"]["budget_minutes"] * subset / full_train
     for trial in trials:
-        assert trial["epochs"] == epochs_in_budget(trial_s, 300 / trial["train_images_per_s"], within=False)
+        assert trial["epochs"] == epochs_in_budget(trial_s, subset / trial["train_images_per_s"], within=False)
     assert best["hparams"]["epochs"] == next(t["epochs"] for t in trials if t["trial_id"] == best["trial_id"])
     assert best["budget"] == record["budget"]
 
@@ -199,7 +203,7 @@ def test_a_continued_hyperband_trial_does_not_warm_up_again(data_root):
     assert int(model.optimizer.iterations.numpy()) == 2 * steps  # one epoch trained, on top of the inherited one
     assert seen.iterations == list(range(steps, 2 * steps))
     peak = trial_config.learning_rate
-    schedule = fit.make_schedule(trial_config, steps)  # what hypermodel.build compiled the model with
+    schedule = optimizers.make_schedule(trial_config, steps)  # what hypermodel.build compiled the model with
     assert float(schedule(0)) == 0.0 and float(schedule(steps)) == pytest.approx(peak)  # the warm-up's start and end
     assert seen.learning_rates[0] == pytest.approx(peak)  # where the first epoch left the schedule, not 0
     # Then the cosine decay, step by step, towards zero at the trial's end.

@@ -1,13 +1,15 @@
-"""CIFAR-100 "python version": find, download, verify and load it; carve the validation split.
+"""CIFAR-100 "python version": find, download, verify and load it (the validation split: splits.py).
 
 The pickles are untrusted input, so they are read with a restricted unpickler that
 only rebuilds what the official files hold (numpy arrays, dtypes, builtin containers).
 """
 
 import _codecs
-import hashlib
+import contextlib
+import io
 import os
 import pickle
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -133,14 +135,6 @@ def load_meta(path):
     return names["fine_label_names"], names["coarse_label_names"]
 
 
-def md5sum(path):
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _unsafe_member(member):
     """Why `member` could land outside the target folder, or None (what the "data" filter refuses).
 
@@ -162,6 +156,9 @@ def _unsafe_member(member):
 
 
 def _extract_all(tar, archive, target):
+    # Our own extraction, not get_file(extract=True): Keras' filter_safe_tarinfos only warns about, and skips,
+    # members that would land outside the folder (keras/src/utils/file_utils.py), where a tampered archive
+    # must be refused; and it extracts into a "<name>_extracted" folder instead of beside the archive.
     # tarfile's extraction filters came with Python 3.10.12/3.11.4; before, check every member by hand.
     if hasattr(tarfile, "data_filter"):
         tar.extractall(target, filter="data")
@@ -187,22 +184,60 @@ def _extract(archive):
     return target / ARCHIVE_DIR
 
 
-def download(cache_dir=None, origin=ORIGIN, md5=ARCHIVE_MD5):
-    """Fetch the official archive with keras.utils.get_file, verify its md5 and extract it."""
+class _ProgressOnceStarted(io.TextIOBase):
+    """get_file's messages, to standard error (standard output may carry a command's JSON), from its progress bar's
+    first update on: its "Downloading data from" line waits for the download to start, so that a failure to
+    connect stays a one-line error."""
+
+    def __init__(self):
+        self.held = []
+
+    def isatty(self):
+        return sys.stderr.isatty()
+
+    def write(self, text):
+        if self.held is None:
+            return sys.stderr.write(text)
+        self.held.append(text)
+        if len(self.held) > 1:
+            sys.stderr.write("".join(self.held))
+            sys.stderr.flush()
+            self.held = None
+        return len(text)
+
+
+class DownloadError(UserError):
+    """The archive could not be fetched (no network, no such URL): `locate` says where it looked."""
+
+
+def download(folder, origin=None, md5=ARCHIVE_MD5):
+    """Fetch the official archive (from `origin`, default ORIGIN) into `folder` with keras.utils.get_file, which
+    checks its md5, and extract it there; returns the cifar-100-python/ folder. A `folder` made for the download
+    is removed again when the download fails."""
     import keras
 
-    cache_dir = Path(cache_dir or Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")))
-    cache_dir.mkdir(parents=True, exist_ok=True)  # else get_file silently falls back to /tmp/.keras
+    origin = origin or ORIGIN
+    folder = Path(folder)
+    made = [parent for parent in [folder, *folder.parents] if not parent.exists()]
     try:
-        path = keras.utils.get_file(ARCHIVE_NAME, origin=origin, cache_dir=str(cache_dir), cache_subdir="datasets")
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{folder}: cannot create the data folder ({e.strerror or type(e).__name__})") from None
+    if not os.access(folder, os.W_OK):  # else get_file silently falls back to /tmp/.keras
+        raise UserError(f"{folder}: not writable, cannot download {ARCHIVE_NAME} into it")
+    try:
+        with contextlib.redirect_stdout(_ProgressOnceStarted()):
+            path = keras.utils.get_file(ARCHIVE_NAME, origin=origin, file_hash=md5, hash_algorithm="md5",
+                                        cache_dir=str(folder), cache_subdir="")
+    except ValueError:  # get_file's md5 check; it leaves the file behind
+        (folder / ARCHIVE_NAME).unlink(missing_ok=True)
+        raise UserError(f"{origin}: the md5 of the download does not match the published {md5}; "
+                        "the file was removed") from None
     except Exception as e:  # get_file raises bare Exception on network errors
-        raise UserError(f"cannot download {origin}: {e}") from None
-    path = Path(path)
-    actual = md5sum(path)
-    if actual != md5:
-        path.unlink()
-        raise UserError(f"{origin}: md5 {actual} does not match the published {md5}; the file was removed")
-    return _extract(path)
+        for parent in made:  # innermost first; each is empty again
+            parent.rmdir()
+        raise DownloadError(f"cannot download {origin}: {e}") from None
+    return _extract(Path(path))
 
 
 def _dataset_dir(root):
@@ -217,50 +252,27 @@ def _dataset_dir(root):
     return None
 
 
-def locate(data_dir=None, origin=ORIGIN, md5=ARCHIVE_MD5):
-    """--data-dir, else $CIFAR100_DATA_DIR, else the Keras cache, else download."""
+def locate(data_dir=None, origin=None, md5=ARCHIVE_MD5):
+    """The cifar-100-python/ folder: in --data-dir, else in $CIFAR100_DATA_DIR, else in the Keras cache
+    ($KERAS_HOME/datasets); where that folder holds neither it nor its archive, the archive is downloaded into
+    it (md5-checked) and extracted, as torchvision's root and download=True do."""
     explicit = data_dir or os.environ.get("CIFAR100_DATA_DIR")
-    if explicit:
-        found = _dataset_dir(explicit)
-        if found is None:
-            raise UserError(f"{explicit}: holds neither {ARCHIVE_DIR}/ nor {ARCHIVE_NAME}")
+    folder = Path(explicit) if explicit else Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    found = _dataset_dir(folder)
+    if found is not None:
         return found
-    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
-    return _dataset_dir(cache) or download(cache.parent, origin=origin, md5=md5)
+    try:
+        return download(folder, origin, md5)
+    except DownloadError as e:
+        raise UserError(f"{folder}: holds neither {ARCHIVE_DIR}/ nor {ARCHIVE_NAME}, and {e}; put a copy of "
+                        f"{ARCHIVE_NAME} or of the extracted {ARCHIVE_DIR}/ there, or point --data-dir (or "
+                        "$CIFAR100_DATA_DIR) at the folder that holds one") from None
 
 
-def load(data_dir=None):
-    """The whole data set: train and test splits and both name lists."""
-    folder = locate(data_dir)
+def load(data_dir=None, origin=None, md5=ARCHIVE_MD5):
+    """The whole data set: train and test splits and both name lists (see `locate` for where it comes from)."""
+    folder = locate(data_dir, origin, md5)
     fine_names, coarse_names = load_meta(folder / "meta")
     train = load_split(folder / "train")
     test = load_split(folder / "test")
     return Cifar100(train, test, fine_names, coarse_names)
-
-
-def stratified_split(labels, per_class, seed=0, option="--val-size"):
-    """Indices (rest, held_out) with `per_class` examples of every class held out."""
-    rng = np.random.default_rng(seed)
-    held_out = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        if len(members) <= per_class:
-            raise UserError(f"{option} needs more than {per_class} images per class; class {c} has {len(members)}")
-        held_out.append(rng.choice(members, per_class, replace=False))
-    held_out = np.sort(np.concatenate(held_out))
-    rest = np.setdiff1d(np.arange(len(labels)), held_out)
-    return rest, held_out
-
-
-def train_val_split(train, val_size=5000, train_size=None, seed=0):
-    """Carve a stratified validation split; optionally keep a stratified subset for training."""
-    classes = len(np.unique(train.fine))
-    if val_size % classes:
-        raise UserError(f"--val-size {val_size} must be a multiple of the {classes} classes")
-    rest, val = stratified_split(train.fine, val_size // classes, seed)
-    if train_size is not None and train_size < len(rest):
-        if train_size % classes or train_size <= 0:
-            raise UserError(f"--train-size {train_size} must be a positive multiple of the {classes} classes")
-        _, keep = stratified_split(train.fine[rest], train_size // classes, seed + 1, "--train-size")
-        rest = rest[keep]
-    return train.take(rest), train.take(val)

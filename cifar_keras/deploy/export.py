@@ -1,7 +1,8 @@
 """`export`: a trained .keras model in a deployment format, in the layout its servers expect.
 
 Every format takes `pixels`, a float32 batch (None, 32, 32, 3) of raw RGB values in 0-255 (no
-normalisation needed), and returns `probabilities` (None, 100); class i is line i of labels.txt.
+normalisation needed), and returns `probabilities` (None, CLASSES), CLASSES being the model's (100);
+class i is line i of labels.txt.
 
 - saved_model (TF Serving): NAME/VERSION/saved_model.pb + variables/, labels in
   assets.extra/labels.txt (which TF Serving ignores). Its `serving_default` signature also
@@ -17,19 +18,17 @@ outputs, so the contract above holds for them too. onnx, litert and openvino nee
 backend and the `deploy` extra (`pip install -e '.[deploy]'`); saved_model needs neither.
 """
 
-import json
 import logging
-import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from cifar_keras.data.classes import FINE_NAMES
+from cifar_keras.data.classes import COARSE_NAMES, FINE_NAMES
 from cifar_keras.errors import UserError
+from cifar_keras.subprocess_json import Failed, run_json
 from cifar_keras.deploy.runtimes import INT8_FILES, MODEL_FILES, RUNTIMES, require
 
 LABELS_FILE = Path("assets.extra") / "labels.txt"
@@ -87,14 +86,25 @@ def write_archive(model, fn, path):
     archive.write_out(str(path), verbose=False)
 
 
-def write_labels(path):
+def class_names(model):
+    """The names of `model`'s output classes, line i of labels.txt naming output i: CIFAR-100's classes, or its
+    superclasses for a model with 20 outputs."""
+    classes = model.output_shape[-1]
+    names = {len(FINE_NAMES): FINE_NAMES, len(COARSE_NAMES): COARSE_NAMES}.get(classes)
+    if names is None:
+        raise UserError(f"{model.name}: {classes} output classes; CIFAR-100 has {len(FINE_NAMES)} classes and "
+                        f"{len(COARSE_NAMES)} superclasses")
+    return names
+
+
+def write_labels(model, path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(FINE_NAMES) + "\n")
+    path.write_text("\n".join(class_names(model)) + "\n")
 
 
 def write_saved_model(model, target, calibration=None):
     write_archive(model, serving_fn(model), target)
-    write_labels(target / LABELS_FILE)
+    write_labels(model, target / LABELS_FILE)
 
 
 def needs_tensorflow_backend(fmt):
@@ -131,7 +141,7 @@ def write_onnx(model, target, calibration=None):
                                        output_path=str(target / MODEL_FILES["onnx"]))
     finally:
         logger.setLevel(level)
-    write_labels(target / "labels.txt")
+    write_labels(model, target / "labels.txt")
 
 
 def representative_batches(images):
@@ -158,7 +168,7 @@ def write_litert(model, target, calibration=None):
             converter.inference_input_type = tf.float32
             converter.inference_output_type = tf.float32
             (target / INT8_FILES["litert"]).write_bytes(converter.convert())
-    write_labels(target / "labels.txt")
+    write_labels(model, target / "labels.txt")
 
 
 def write_openvino(model, target, calibration=None):
@@ -177,7 +187,7 @@ def write_openvino(model, target, calibration=None):
         dataset = nncf.Dataset([image[None].astype(np.float32) for image in calibration])
         quantized = nncf.quantize(ov_model, dataset, subset_size=len(calibration))
         ov.save_model(quantized, target / INT8_FILES["openvino"], compress_to_fp16=False)
-    write_labels(target / "labels.txt")
+    write_labels(model, target / "labels.txt")
 
 
 WRITERS = {"saved_model": write_saved_model, "onnx": write_onnx, "litert": write_litert, "openvino": write_openvino}
@@ -193,6 +203,29 @@ def artifacts(target, fmt):
     return found
 
 
+VIEWS = {1: "none", 2: "flip", 6: "flip_translate"}  # views of each image -> test-time augmentation (models/tta.py)
+
+
+def with_views(model, views=None):
+    """The net an export of `model` ships: `model` as it is (None), or its net averaged over `views` views of
+    each image: 1 the single-view net (a TTA model's inner net), 2 the image and its mirror, 6 flip and translate."""
+    from cifar_keras import models
+
+    if views is None:
+        return model
+    if views not in VIEWS:
+        raise UserError(f"--views {views}: choose from {', '.join(map(str, VIEWS))}")
+    return models.with_tta_kind(model, VIEWS[views])
+
+
+def views_of(model):
+    """How many views of each image `model` averages: 1, 2 (flip TTA) or 6 (flip and translate TTA)."""
+    from cifar_keras import models
+
+    kind = models.tta_kind(model) or "none"
+    return next(views for views, name in VIEWS.items() if name == kind)
+
+
 def check_format(fmt, int8=False):
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
@@ -204,6 +237,7 @@ def export_model(model, root, name, version=None, fmt="saved_model", calibration
     """Write root/name/version/ in `fmt`'s layout (int8 models too when `calibration` images are given,
     for litert and openvino); return that folder. A failed export leaves no version folder behind."""
     check_format(fmt, calibration is not None)
+    class_names(model)  # a model without CIFAR-100's outputs fails before anything is written
     base = Path(root) / name
     version = version or next_version(base)
     target = base / str(version)
@@ -232,58 +266,18 @@ def calibration_images(data_dir, count, seed=0):
         train, _ = data.train_val_split(train, DEFAULTS.val_size, seed=DEFAULTS.seed)
     except UserError:  # a data set too small for the default validation split (the tests' synthetic one)
         pass
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(train.fine))
-    per_class = -(-count // 100)  # then drop the surplus at random
-    chosen = np.array([i for c in range(100) for i in order[train.fine[order] == c][:per_class]])
-    if len(chosen) > count:
-        chosen = rng.choice(chosen, count, replace=False)
+    classes = len(np.unique(train.fine))
+    rest, chosen = np.arange(len(train.fine)), np.array([], dtype=int)
+    if count >= classes:  # count // classes of every class
+        rest, chosen = data.stratified_split(train.fine, count // classes, seed, option="--calibration-images")
+    if count % classes:  # and one more of count % classes classes picked at random
+        _, one_each = data.stratified_split(train.fine[rest], 1, seed + 1, option="--calibration-images")
+        extra = np.random.default_rng(seed).choice(rest[one_each], count % classes, replace=False)
+        chosen = np.concatenate([chosen, extra])
     return train.images[np.sort(chosen)]
 
 
-# A fresh interpreter per format that imports numpy and that format's runtime only: argv = model, pixels.npy,
-# out.npy. It fails if cifar_keras (or, for the non-TensorFlow runtimes, TensorFlow) got imported.
-VERIFY_SCRIPTS = {
-    "saved_model": """
-        import tensorflow as tf
-        serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-        probabilities = serve(pixels=tf.constant(pixels))["probabilities"].numpy()
-        runtime = "tensorflow " + tf.__version__
-    """,
-    "onnx": """
-        import onnxruntime as ort
-        session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-        probabilities = session.run(["probabilities"], {"pixels": pixels})[0]
-        runtime = "onnxruntime " + ort.__version__
-    """,
-    "litert": """
-        from importlib.metadata import version
-        from ai_edge_litert.interpreter import Interpreter
-        runner = Interpreter(model_path=sys.argv[1]).get_signature_runner("serving_default")
-        probabilities = runner(pixels=pixels)["probabilities"]
-        runtime = "ai-edge-litert " + version("ai-edge-litert")
-    """,
-    "openvino": """
-        from importlib.metadata import version
-        import openvino as ov
-        # f32: OpenVINO's CPU plugin would otherwise compute in bfloat16 on CPUs that have it.
-        compiled = ov.Core().compile_model(sys.argv[1], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        probabilities = compiled(pixels)["probabilities"]
-        runtime = "openvino " + version("openvino")
-    """,
-}
-VERIFY_FOOTER = """
-    assert "cifar_keras" not in sys.modules, "cifar_keras was imported"
-    assert RUNTIME == "saved_model" or "tensorflow" not in sys.modules, "tensorflow was imported"
-    np.save(sys.argv[3], probabilities)
-    print(json.dumps({"runtime": runtime}))
-"""
 FLOAT_TOLERANCE = 1e-4  # largest |probability difference| a float32 export may show
-
-
-def verify_script(fmt):
-    body = textwrap.dedent(VERIFY_SCRIPTS[fmt]) + textwrap.dedent(VERIFY_FOOTER)
-    return f"import json, sys\nimport numpy as np\nRUNTIME = {fmt!r}\npixels = np.load(sys.argv[2])\n{body}"
 
 
 def verify(path, fmt, precision, pixels, expected):
@@ -292,15 +286,13 @@ def verify(path, fmt, precision, pixels, expected):
     require(*RUNTIMES[fmt], f"verifying the {fmt} export")
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "pixels.npy", pixels.astype(np.float32))
-        # cwd: a fresh folder, so that nothing of this repository can be imported by accident
-        done = subprocess.run([sys.executable, "-c", verify_script(fmt), str(Path(path).resolve()),
-                               str(Path(tmp) / "pixels.npy"), str(Path(tmp) / "out.npy")],
-                              capture_output=True, text=True, cwd=tmp)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"{path}: {fmt} runtime failed in a fresh process: {last[:300]}")
+        # cwd: a fresh folder, so that only the installed package is imported, not files lying around here
+        try:
+            runtime = run_json([sys.executable, "-m", "cifar_keras.deploy.verify", fmt, str(Path(path).resolve()),
+                                str(Path(tmp) / "pixels.npy"), str(Path(tmp) / "out.npy")], cwd=tmp)["runtime"]
+        except Failed as e:
+            raise UserError(f"{path}: {fmt} runtime failed in a fresh process: {e}") from None
         got = np.load(Path(tmp) / "out.npy")
-    runtime = json.loads(done.stdout.strip().splitlines()[-1])["runtime"]
     result = {"path": str(path), "format": fmt, "precision": precision, "runtime": runtime, "images": len(pixels),
               "top1_agreement": float(np.mean(got.argmax(1) == expected.argmax(1))),
               "max_abs_diff": float(np.abs(got - expected).max())}

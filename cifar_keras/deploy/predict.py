@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_keras.data.classes import FINE_NAMES
 from cifar_keras.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""Calibration: scores of how far a model's probabilities can be trusted, and temperature scaling.
+"""Calibration: temperature scaling, fitted on the validation split (the scores it improves: scores.py).
 
 Temperature scaling (Guo et al., 2017) divides a trained model's logits by one number T, fitted
 on the validation split to minimise its negative log-likelihood. T > 1 softens an overconfident
@@ -13,46 +13,13 @@ import math
 
 import keras
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 from cifar_keras import models
 from cifar_keras.data.pipeline import predict_outputs
+from cifar_keras.evaluation.scores import BINS, scores
 
-BINS = 15  # the usual ECE binning (Guo et al., 2017)
 TEMPERATURE_RANGE = (0.05, 20.0)
-
-
-# --- scores of probabilities (N, C) against labels (N,) ------------------------------------------
-
-def ece(probabilities, labels, bins=BINS):
-    """Expected calibration error: images binned by confidence (their top probability) into `bins`
-    equal-width bins (lo, hi] of [0, 1]; the mean over bins, weighted by their share of images, of
-    |accuracy - mean confidence| within the bin."""
-    probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels)
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    inner_edges = np.linspace(0.0, 1.0, bins + 1)[1:-1]
-    index = np.searchsorted(inner_edges, confidence, side="left")  # bin i holds (edge_i, edge_i+1]
-    gap = np.bincount(index, weights=correct - confidence, minlength=bins)  # sum of (correct - confidence) per bin
-    return float(np.abs(gap).sum() / len(labels))
-
-
-def nll(probabilities, labels, floor=1e-12):
-    """Mean negative log-likelihood of the true classes (probabilities floored at `floor`)."""
-    probabilities = np.asarray(probabilities, np.float64)
-    return float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(labels)), labels], floor))))
-
-
-def brier(probabilities, labels):
-    """Multiclass Brier score: mean over images of the sum over classes of (p - one-hot)^2 (0 best, 2 worst)."""
-    probabilities = np.asarray(probabilities, np.float64)
-    onehot = np.zeros_like(probabilities)
-    onehot[np.arange(len(labels)), labels] = 1.0
-    return float(np.mean(np.sum((probabilities - onehot) ** 2, axis=1)))
-
-
-def scores(probabilities, labels, bins=BINS):
-    return {"ece": ece(probabilities, labels, bins), "nll": nll(probabilities, labels),
-            "brier": brier(probabilities, labels)}
 
 
 # --- temperature scaling on logits --------------------------------------------------------------
@@ -89,32 +56,22 @@ def fit_temperature(logits_list, labels, low=TEMPERATURE_RANGE[0], high=TEMPERAT
     """The T > 0 in [low, high] that minimises the NLL of `labels` under the mean over the logit sets of
     softmax(logits / T).
 
-    A grid on log T (T = 1 included) finds the best bracket, then golden-section search refines it.
-    The NLL is convex in 1/T for one logit set, hence unimodal in log T; the grid guards the average
-    over TTA views, whose NLL need not be unimodal. The answer is never worse on these labels than T = 1,
-    so calibrating cannot raise the NLL it is fitted on.
+    A grid on log T (T = 1 included) finds the best bracket, then scipy's bounded scalar minimiser refines it.
+    The NLL is convex in 1/T for one logit set, hence unimodal in log T; the grid guards the average over TTA
+    views, whose NLL need not be unimodal. The answer is the best T tried, so never worse on these labels than
+    T = 1: calibrating cannot raise the NLL it is fitted on.
     """
     views, labels = _as_list(logits_list), np.asarray(labels)
-    cost = {}
 
-    def at(log_t):
-        if log_t not in cost:
-            cost[log_t] = _nll_at(views, labels, math.exp(log_t))
-        return cost[log_t]
+    def cost(log_t):
+        return _nll_at(views, labels, math.exp(log_t))
 
     points = sorted(set(np.linspace(math.log(low), math.log(high), grid).tolist()) | {0.0})
-    best = min(range(len(points)), key=lambda i: at(points[i]))
-    a, b = points[max(best - 1, 0)], points[min(best + 1, len(points) - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    while b - a > tol:
-        if at(c) < at(d):
-            b, d = d, c
-            c = b - ratio * (b - a)
-        else:
-            a, c = c, d
-            d = a + ratio * (b - a)
-    return math.exp(min(cost, key=cost.get))
+    costs = [cost(p) for p in points]
+    best = int(np.argmin(costs))
+    bracket = (points[max(best - 1, 0)], points[min(best + 1, len(points) - 1)])
+    refined = minimize_scalar(cost, bounds=bracket, method="bounded", options={"xatol": tol})
+    return math.exp(refined.x if refined.fun < costs[best] else points[best])
 
 
 def before_after(logits_list, labels, temperature, bins=BINS):

@@ -3,8 +3,8 @@ probabilities are calibrated (ECE, NLL, Brier score)."""
 
 import numpy as np
 
-from cifar_keras.evaluation import calibration
 from cifar_keras.data.pipeline import predict_outputs
+from cifar_keras.evaluation.scores import scores
 
 
 def predict_probabilities(model, images, batch_size=500):
@@ -13,14 +13,14 @@ def predict_probabilities(model, images, batch_size=500):
 
 def metrics(probabilities, fine, coarse, fine_to_coarse):
     """Accuracies in percent; superclass = coarse label of the predicted fine class. ece (15 bins), nll and
-    brier: see calibration.py (records written before 2026-11-30 also hold "loss", equal to nll)."""
+    brier: see scores.py (records written before 2026-11-30 also hold "loss", equal to nll)."""
     top5 = np.argsort(-probabilities, axis=1)[:, :5]
     top1 = top5[:, 0]
     return {
         "top1": 100.0 * float(np.mean(top1 == fine)),
         "top5": 100.0 * float(np.mean((top5 == fine[:, None]).any(axis=1))),
         "superclass": 100.0 * float(np.mean(fine_to_coarse[top1] == coarse)),
-        **calibration.scores(probabilities, fine),
+        **scores(probabilities, fine),
         "images": int(len(fine)),
     }
 

@@ -2,6 +2,12 @@
 
 Every model takes raw RGB pixels (N, 32, 32, 3), 0-255, and normalises them itself,
 and ends in a float32 softmax over the 100 fine classes.
+
+What `fit` trains is a recipe (recipes.py), which names every argument of its builder. The
+builders' keyword defaults are not a recipe: they are what a partial `--model-args` completes
+with, and what the commands and `config` blocks of earlier runs were built with, so they stay as
+they are (`models.cnn()` is a conv-stem CNN; `models.cnn(**recipes.CNN["model_args"])` is the
+recipe's).
 """
 
 import keras

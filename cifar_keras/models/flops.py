@@ -1,10 +1,12 @@
 """Analytic forward-pass FLOPs of a Keras model, per image.
 
 Counts 2 FLOPs per multiply-add in the layers that hold nearly all the compute:
-convolutions (standard, grouped, depthwise, separable; 1-3 D) and `Dense`.
+convolutions (standard, grouped, depthwise, separable, transposed; 1-3 D) and `Dense`.
 Biases, BatchNormalization, activations, pooling, adds, averages and
 normalisation are elementwise (or close to it) and are not counted: this is the
 usual convention of FLOP tables in papers (e.g. ResNet's "3.6 GFLOPs").
+Any other layer (EinsumDense, attention, Lambda, a custom layer) is refused,
+rather than counted as free.
 """
 
 import math
@@ -12,9 +14,33 @@ import math
 import keras
 from keras import layers
 
+from cifar_keras.errors import UserError
+
 CONVS = (layers.Conv1D, layers.Conv2D, layers.Conv3D)
+TRANSPOSED_CONVS = (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)
 DEPTHWISE_CONVS = (layers.DepthwiseConv1D, layers.DepthwiseConv2D)
 SEPARABLE_CONVS = (layers.SeparableConv1D, layers.SeparableConv2D)
+COUNTED = (*CONVS, *TRANSPOSED_CONVS, *DEPTHWISE_CONVS, *SEPARABLE_CONVS, layers.Dense)
+# Elementwise (or close to it), data movement, or off at inference: their FLOPs are not counted.
+NOT_COUNTED = (
+    layers.InputLayer, layers.Identity,
+    layers.Activation, layers.ReLU, layers.LeakyReLU, layers.ELU, layers.PReLU, layers.Softmax,
+    layers.BatchNormalization, layers.LayerNormalization, layers.GroupNormalization, layers.UnitNormalization,
+    layers.Normalization, layers.Rescaling,
+    layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D, layers.SpatialDropout3D,
+    layers.GaussianNoise, layers.GaussianDropout, layers.AlphaDropout,
+    layers.RandomFlip, layers.RandomCrop, layers.RandomTranslation, layers.RandomRotation, layers.RandomZoom,
+    layers.RandomContrast,
+    layers.Flatten, layers.Reshape, layers.Permute, layers.RepeatVector,
+    layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Maximum, layers.Minimum, layers.Concatenate,
+    layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D,
+    layers.AveragePooling1D, layers.AveragePooling2D, layers.AveragePooling3D,
+    layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D,
+    layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.GlobalAveragePooling3D,
+    layers.ZeroPadding1D, layers.ZeroPadding2D, layers.ZeroPadding3D,
+    layers.Cropping1D, layers.Cropping2D, layers.Cropping3D, layers.CenterCrop,
+    layers.UpSampling1D, layers.UpSampling2D, layers.UpSampling3D, layers.Resizing,
+)
 
 
 def forward_flops(model):
@@ -49,14 +75,19 @@ def _node_flops(node):
     layer = node.operation
     if isinstance(layer, keras.Model):
         return forward_flops(layer)
-    if not isinstance(layer, (*CONVS, *DEPTHWISE_CONVS, *SEPARABLE_CONVS, layers.Dense)):
+    if isinstance(layer, NOT_COUNTED):
         return 0
+    if not isinstance(layer, COUNTED):
+        raise UserError(f"layer '{layer.name}' ({type(layer).__name__}): its FLOPs are not known; forward_flops "
+                        "counts convolutions and Dense layers, and elementwise layers as free")
     in_shape, out_shape = node.input_tensors[0].shape, node.output_tensors[0].shape
     if isinstance(layer, layers.Dense):
         # One multiply-add per kernel entry at each position: the leading non-batch dims.
         return 2 * math.prod(layer.kernel.shape) * _prod(in_shape[1:-1], layer)
-    # Convolutions: one multiply-add per kernel entry at each output position.
-    spatial = out_shape[1:-1] if layer.data_format == "channels_last" else out_shape[2:]
+    # Convolutions: one multiply-add per kernel entry at each output position; a transposed
+    # convolution spreads its whole kernel (*k, Cout, Cin) from each input position.
+    shape = in_shape if isinstance(layer, TRANSPOSED_CONVS) else out_shape
+    spatial = shape[1:-1] if layer.data_format == "channels_last" else shape[2:]
     positions = _prod(spatial, layer)
     if isinstance(layer, SEPARABLE_CONVS):
         kernel_size = math.prod(layer.depthwise_kernel.shape) + math.prod(layer.pointwise_kernel.shape)

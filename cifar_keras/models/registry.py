@@ -1,6 +1,7 @@
 """The one model registry (builder and search space by name) and the loader of saved .keras models."""
 
 import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from cifar_keras.models.spaces import cnn_space, mlp_space
 
 @dataclass
 class ModelSpec:
-    """A builder and its KerasTuner search space (the training recipe is in config.RECIPES)."""
+    """A builder and its KerasTuner search space (the training recipe, builder arguments included, is in recipes.py)."""
 
     build: callable
     space: callable = None
@@ -26,6 +27,14 @@ def get_spec(name):
     if name not in MODELS:
         raise UserError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
     return MODELS[name]
+
+
+def full_model_args(name, model_args):
+    """`model_args` completed with the builder's defaults (lists for tuples, as in JSON): what the model
+    `name` is built with. Two sets of builder arguments build the same model if their full forms are equal."""
+    defaults = {arg: p.default for arg, p in inspect.signature(get_spec(name).build).parameters.items()
+                if arg != "num_classes"}
+    return json.loads(json.dumps({**defaults, **model_args}))
 
 
 def check_model_args(model_args, name, where):

@@ -17,10 +17,11 @@ gradient exchange).
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
+
+from cifar_keras.subprocess_json import Failed, run_json
 
 BACKENDS = ("tensorflow", "jax", "torch")
 PRECISIONS = ("float32", "bfloat16")
@@ -34,13 +35,53 @@ def synthetic_split(n):
     return Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, n), np.zeros(n, int))
 
 
+# Environment variables that change how fast the backends run: thread pools (OpenMP, TensorFlow's), oneDNN
+# (TensorFlow's oneDNN kernels: on by default on x86 CPUs; ONEDNN_*: oneDNN's own), XLA. None: unset.
+SPEED_VARIABLES = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS",
+                   "ONEDNN_DEFAULT_FPMATH_MODE", "ONEDNN_MAX_CPU_ISA", "XLA_FLAGS")
+
+
+def speed_variables():
+    return {name: os.environ.get(name) for name in SPEED_VARIABLES}
+
+
+def thread_pools(backend):
+    """(intra-op, inter-op) threads as this process's backend reports them. TensorFlow: 0 is its default
+    (TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS where set, else one per core); JAX has no such setting
+    (None: XLA sizes its pools, see XLA_FLAGS)."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return (tf.config.threading.get_intra_op_parallelism_threads(),
+                tf.config.threading.get_inter_op_parallelism_threads())
+    if backend == "torch":
+        import torch
+
+        return torch.get_num_threads(), torch.get_num_interop_threads()
+    return None, None
+
+
+def settings(model, batch_size):
+    """What a measurement ran with: backend, dtype policy, batch size, XLA compilation of the train step
+    (Keras' jit_compile as compile resolved it), thread pools and the SPEED_VARIABLES."""
+    import keras
+
+    backend = keras.backend.backend()
+    intra_op, inter_op = thread_pools(backend)
+    return {"backend": backend, "precision": keras.mixed_precision.global_policy().name, "batch_size": batch_size,
+            "jit_compile": bool(model.jit_compile), "intra_op_threads": intra_op, "inter_op_threads": inter_op,
+            "variables": speed_variables()}
+
+
 def measure(model_name, precision, batch_size, steps, warmup):
-    """Images/s of fit() steps and of the pipeline alone, in this process's backend."""
+    """Images/s of fit() steps and of the pipeline alone, in this process's backend, and the settings used."""
     import keras
 
     from cifar_keras.config import make_config
     from cifar_keras.hardware import resolve_precision
-    from cifar_keras.training.fit import build_compiled, pipeline_throughput, train_throughput, training_data
+    from cifar_keras.training.inputs import training_data
+    from cifar_keras.training.optimizers import build_compiled
+    from cifar_keras.training.throughput import pipeline_throughput, train_throughput
 
     policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
@@ -51,7 +92,7 @@ def measure(model_name, precision, batch_size, steps, warmup):
     images_per_s = train_throughput(model, dataset, batch_size, steps, warmup)
     return {"backend": keras.backend.backend(), "precision": policy,
             "train_images_per_s": round(images_per_s, 1),
-            "pipeline_images_per_s": round(pipeline_throughput(dataset), 1)}
+            "pipeline_images_per_s": round(pipeline_throughput(dataset), 1), "settings": settings(model, batch_size)}
 
 
 def run(model_name="cnn", backends=BACKENDS, precisions=PRECISIONS, batch_size=256, steps=20, warmup=3):
@@ -60,16 +101,13 @@ def run(model_name="cnn", backends=BACKENDS, precisions=PRECISIONS, batch_size=2
     for backend in backends:
         for precision in precisions:
             env = {**os.environ, "KERAS_BACKEND": backend}
-            args = [sys.executable, "-m", "cifar_keras.reporting.bench", model_name, precision, str(batch_size), str(steps),
-                    str(warmup)]
+            args = [sys.executable, "-m", "cifar_keras.reporting.bench", model_name, precision, str(batch_size),
+                    str(steps), str(warmup)]
             print(f"bench: {backend} {precision} ...", file=sys.stderr, flush=True)
-            done = subprocess.run(args, env=env, capture_output=True, text=True)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if done.returncode == 0 and lines:
-                results.append(json.loads(lines[-1]))
-            else:
-                error = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                results.append({"backend": backend, "precision": precision, "error": error[:300]})
+            try:
+                results.append(run_json(args, env=env))
+            except Failed as e:
+                results.append({"backend": backend, "precision": precision, "error": str(e)})
             print(f"bench: {results[-1]}", file=sys.stderr, flush=True)
     return results
 
@@ -79,7 +117,7 @@ def run(model_name="cnn", backends=BACKENDS, precisions=PRECISIONS, batch_size=2
 def parse_layouts(text):
     """[(processes, cores per process), ...] from 'PxC,PxC' (e.g. '1x2,2x1'), checked against this machine's cores."""
     from cifar_keras.errors import UserError
-    from cifar_keras.distributed.multiworker import core_shares
+    from cifar_keras.distributed.processes import core_shares
 
     layouts = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
@@ -109,16 +147,20 @@ def measure_cluster(model_name, batch_size, steps, warmup, result_file):
     """In each process of a cluster (Keras' KERAS_DISTRIBUTION_* variables; one process alone when they say 1):
     float32 fit() steps of MODEL with `batch_size` images per process, DataParallel over every process's device.
     Process 0 writes the cluster's images/s and the machine's network bytes sent per step to `result_file`."""
-    from cifar_keras.distributed import multiworker
+    from cifar_keras.distributed.cluster import resolve_cluster
+    from cifar_keras.distributed.multiworker import join_cluster
+    from cifar_keras.distributed.team import Team
 
     processes = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1"))
-    team = multiworker.join_cluster(multiworker.resolve_cluster()) if processes > 1 else multiworker.Team()
+    team = join_cluster(resolve_cluster()) if processes > 1 else Team()
     import jax
     import keras
 
     from cifar_keras import hardware
     from cifar_keras.config import make_config
-    from cifar_keras.training.fit import StepTimer, build_compiled, train_throughput, training_data
+    from cifar_keras.training.inputs import training_data
+    from cifar_keras.training.optimizers import build_compiled
+    from cifar_keras.training.throughput import StepTimer, train_throughput
 
     class NetworkTimer(StepTimer):
         """A StepTimer that also reads the machine's bytes sent where the timed steps start and end."""
@@ -156,7 +198,7 @@ def run_processes_bench(model_name="cnn", layouts=((1, 2), (2, 1)), batch_size=2
     measure_cluster. Returns one result per layout (a failure is recorded, not fatal)."""
     import tempfile
 
-    from cifar_keras.distributed import multiworker
+    from cifar_keras.distributed.processes import run_processes
 
     results = []
     for processes, cores in layouts:
@@ -167,7 +209,7 @@ def run_processes_bench(model_name="cnn", layouts=((1, 2), (2, 1)), batch_size=2
                        str(steps), str(warmup), result_file]
             env = {**os.environ, "KERAS_BACKEND": "jax"}
             env.pop("XLA_FLAGS", None)  # one CPU device per process
-            code = multiworker.run_processes(command, processes, env, cores_per_process=cores)
+            code = run_processes(command, processes, env, cores_per_process=cores)
             layout = {"layout": f"{processes}x{cores}", "cores_per_process": cores}
             if code == 0 and os.path.exists(result_file):
                 with open(result_file) as f:
@@ -248,7 +290,7 @@ def time_inference(model_path, precision, batch_size, steps, warmup, latency_run
     return {"format": predictor.format, "precision": predictor.precision, "runtime": predictor.runtime,
             "latency_ms_median": round(1000 * float(np.median(latencies)), 3),
             "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 3),
-            "throughput_images_per_s": round(batch_size * steps / elapsed, 1)}
+            "throughput_images_per_s": round(batch_size * steps / elapsed, 1), "variables": speed_variables()}
 
 
 def check_inference_runtimes(formats, int8):
@@ -292,16 +334,13 @@ def run_inference(model_file, formats=INFERENCE_FORMATS, precisions=INFERENCE_PR
                 paths[("openvino", "bfloat16")] = paths[("openvino", "float32")]
         for fmt, precision in rows:
             path = paths[(fmt, precision)]
-            args = [sys.executable, "-m", "cifar_keras.reporting.bench", "--inference", str(path), precision, str(batch_size),
-                    str(steps), str(warmup), str(latency_runs), str(threads or 0)]
+            args = [sys.executable, "-m", "cifar_keras.reporting.bench", "--inference", str(path), precision,
+                    str(batch_size), str(steps), str(warmup), str(latency_runs), str(threads or 0)]
             print(f"bench: {fmt} {precision} ...", file=sys.stderr, flush=True)
-            done = subprocess.run(args, capture_output=True, text=True)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if done.returncode == 0 and lines:
-                result = json.loads(lines[-1])
-            else:
-                error = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                result = {"format": fmt, "precision": precision, "error": error[:300]}
+            try:
+                result = run_json(args)
+            except Failed as e:
+                result = {"format": fmt, "precision": precision, "error": str(e)}
             result["size_mb"] = round(size_bytes(path) / 1e6, 2)
             result["threads"] = threads or ("os.cpu_count()" if fmt == "litert" else "runtime default")
             results.append(result)

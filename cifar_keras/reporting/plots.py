@@ -8,6 +8,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cifar_keras.evaluation import scores  # noqa: E402
+
 PNG = {"dpi": 110, "metadata": {"Software": None}}  # no version stamp: same inputs, same bytes
 
 
@@ -55,10 +57,11 @@ def superclass_confusion(predicted_fine, coarse, fine_to_coarse, coarse_names, p
 
 
 def per_class_accuracy(predicted_fine, fine, fine_names, path):
-    """Sorted bar chart of test accuracy per class; returns [(name, accuracy %)], best first."""
+    """Sorted bar chart of test accuracy per class; returns [(name, accuracy %)], best first (ties by name)."""
     n = len(fine_names)
     accuracy = 100 * np.bincount(fine, weights=predicted_fine == fine, minlength=n) / np.bincount(fine, minlength=n).clip(min=1)
-    order = np.argsort(-accuracy, kind="stable")
+    # Ranked on the accuracies as printed (whole percents), ties by name: the same order on every machine.
+    order = sorted(range(n), key=lambda i: (-round(float(accuracy[i])), fine_names[i]))
     fig, ax = plt.subplots(figsize=(16, 4.5))
     ax.bar(range(n), accuracy[order], color=plt.cm.viridis(accuracy[order] / 100))
     ax.set_xticks(range(n), [fine_names[i] for i in order], rotation=90, fontsize=6)
@@ -89,60 +92,74 @@ def prediction_grid(images, predicted_fine, fine, fine_names, path, columns=8, r
 
 
 def confused_pairs(predicted_fine, fine, fine_names, top=10):
-    """The most frequent (true, predicted) mistakes: [(true name, predicted name, count)]."""
+    """The most frequent (true, predicted) mistakes: [(true name, predicted name, count)], ties by name."""
     n = len(fine_names)
     counts = np.zeros((n, n), dtype=int)
     np.add.at(counts, (fine, predicted_fine), 1)
     np.fill_diagonal(counts, 0)
-    flat = np.argsort(-counts, axis=None, kind="stable")[:top]
-    return [(fine_names[i], fine_names[j], int(counts[i, j])) for i, j in zip(*np.unravel_index(flat, counts.shape))]
+    i, j = np.nonzero(counts)
+    ranked = sorted(zip(-counts[i, j], (fine_names[k] for k in i), (fine_names[k] for k in j)))[:top]
+    return [(true, predicted, int(-negative)) for negative, true, predicted in ranked]
 
 
-def accuracy_vs_compute(points, path):
-    """Top-1 against training compute (PFLOP, log scale), one labelled marker per run.
+def spread(positions, gap, low, high):
+    """`positions` (ascending) moved as little as this simple rule allows so that neighbours are at least
+    `gap` apart and all lie in [low, high]: pushed up from the lowest, then down from the highest."""
+    placed = []
+    for y in positions:
+        placed.append(max(y, low, placed[-1] + gap) if placed else max(y, low))
+    for k in range(len(placed) - 1, -1, -1):
+        placed[k] = min(placed[k], high if k == len(placed) - 1 else placed[k + 1] - gap)
+    return placed
 
-    `points`: dicts with name, pflop, top1, test (True: a test score, else validation) and
-    flip_tta (the validation score with flip TTA, or None), drawn hollow and joined by a thin line.
+
+def accuracy_vs_compute(points, path, width=10.0):
+    """Top-1 against training compute (PFLOP, log scale), one marker per run, its name in a column right of
+    the axes, in the order of the runs' scores, joined to its marker by a thin line; returns the labels'
+    boxes (pixels), which never overlap.
+
+    `points`: dicts with name, pflop, top1, test (True: a test score, as shipped, else validation, single
+    view) and flip_tta (the validation score with flip TTA, or None), drawn hollow and joined by a thin line.
     """
-    fig, ax = plt.subplots(figsize=(8, 5))
-    styles = {True: ("o", "C0", "test top-1"), False: ("s", "C1", "validation top-1")}
-    labelled, stacked = set(), {}
-    for p in sorted(points, key=lambda p: (p["pflop"], -p["top1"])):
+    fontsize, line = 7, 1.35  # label height in points, and the spacing between labels in label heights
+    height = max(5.0, 1.2 + len(points) * fontsize * line / 72 / 0.84)  # every label fits the column
+    fig, ax = plt.subplots(figsize=(width, height))
+    fig.subplots_adjust(left=0.07, right=0.66, bottom=0.08, top=0.92)
+    styles = {True: ("o", "C0", "test top-1, as shipped"), False: ("s", "C1", "validation top-1, single view")}
+    labelled = set()
+    for p in points:
         marker, colour, label = styles[p["test"]]
-        ax.plot(p["pflop"], p["top1"], marker, color=colour, label=None if label in labelled else label)
+        ax.plot(p["pflop"], p["top1"], marker, color=colour, label=None if label in labelled else label, zorder=3)
         labelled.add(label)
-        # Runs at equal compute (recipe studies) get their labels stacked, best first.
-        row = stacked[p["pflop"]] = stacked.get(p["pflop"], -1) + 1
-        ax.annotate(p["name"], (p["pflop"], p["top1"]), xytext=(6, 3 - 9 * row), textcoords="offset points",
-                    fontsize=7)
         if p.get("flip_tta") is not None:
-            label = "validation top-1 with flip TTA"
+            label = "validation top-1, flip (2 views)"
             ax.plot([p["pflop"]] * 2, [p["top1"], p["flip_tta"]], "-", color="grey", linewidth=0.6)
             ax.plot(p["pflop"], p["flip_tta"], "D", markerfacecolor="none", color="C2",
-                    label=None if label in labelled else label)
+                    label=None if label in labelled else label, zorder=3)
             labelled.add(label)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
     ax.set(xlabel="training compute (PFLOP, analytic count)", ylabel="top-1 accuracy (%)",
            title="Top-1 against training compute")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left")
+    # The label column: each run at its marker's height where there is room, else moved the least.
+    fig.canvas.draw()  # the axes' limits, which place the markers
+    ordered = sorted(points, key=lambda p: (p["top1"], p["name"]))
+    axes_height = ax.get_position().height * height * 72  # points
+    heights = [ax.transAxes.inverted().transform(ax.transData.transform((p["pflop"], p["top1"])))[1]
+               for p in ordered]
+    gap = fontsize * line / axes_height
+    texts = [ax.annotate(f"{p['name']} ({p['top1']:.1f} %)", xy=(p["pflop"], p["top1"]), xytext=(1.03, y),
+                         textcoords="axes fraction", va="center", fontsize=fontsize, annotation_clip=False,
+                         arrowprops={"arrowstyle": "-", "color": "0.65", "linewidth": 0.5, "shrinkA": 0,
+                                     "shrinkB": 3})
+             for p, y in zip(ordered, spread(heights, gap, gap / 2, 1 - gap / 2))]
     fig.savefig(path, **PNG)
+    renderer = fig.canvas.get_renderer()
+    boxes = [matplotlib.text.Text.get_window_extent(text, renderer) for text in texts]  # the text, not its line
     plt.close(fig)
-
-
-def reliability_bins(probabilities, labels, bins=15):
-    """Per confidence bin (lo, hi] of [0, 1]: (share of images, accuracy, mean confidence); NaN where empty."""
-    probabilities = np.asarray(probabilities, np.float64)
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == np.asarray(labels)
-    index = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], confidence, side="left")
-    counts = np.bincount(index, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = np.bincount(index, weights=correct, minlength=bins) / counts
-        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
-    return counts / len(confidence), accuracy, mean_confidence
+    return boxes
 
 
 def reliability_diagram(probabilities, labels, path, title, bins=15):
@@ -157,9 +174,9 @@ def reliability_diagram(probabilities, labels, path, title, bins=15):
     width = 1.0 / bins
     centres = (np.arange(bins) + 0.5) * width
     for (name, probs), top, bottom in zip(panels.items(), axes[0], axes[1]):
-        share, accuracy, confidence = reliability_bins(probs, labels, bins)
+        share, accuracy, confidence = scores.reliability_bins(probs, labels, bins)
         filled = share > 0
-        ece = float(np.sum(share[filled] * np.abs(accuracy[filled] - confidence[filled])))
+        ece = scores.ece(probs, labels, bins)
         top.bar(centres[filled], accuracy[filled], width=width, color="C0", edgecolor="black", linewidth=0.5,
                 label="accuracy")
         top.bar(centres[filled], confidence[filled] - accuracy[filled], bottom=accuracy[filled], width=width,

@@ -28,12 +28,13 @@ import sys
 import time
 from concurrent import futures
 
+from cifar_keras.distributed import address
 from cifar_keras.errors import UserError
 
 VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 DEFAULT_TIMEOUT = 300  # seconds: a worker waiting for the chief; the chief waiting for workers that never asked
 TUNER_ID = re.compile(r"chief|tuner\d+")
-LOOPBACK = re.compile(r"localhost|127(\.\d+){3}|\[?::1\]?")
+ORACLE_MEANING = "the chief's address and a free port on it"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +53,7 @@ class Role:
 
     @property
     def host_port(self):
-        host, _, port = self.oracle.rpartition(":")
-        return host, int(port)
+        return address.parse(self.oracle, "oracle", ORACLE_MEANING)
 
 
 def resolve_role(tuner_id=None, oracle=None, workers=None, timeout=DEFAULT_TIMEOUT):
@@ -81,9 +81,7 @@ def resolve_role(tuner_id=None, oracle=None, workers=None, timeout=DEFAULT_TIMEO
                         "for the workers")
     if not TUNER_ID.fullmatch(tuner_id):
         raise UserError(f"tuner id {tuner_id!r}: expected chief, or tunerN (tuner0, tuner1, ...) for a worker")
-    host, _, port = oracle.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError(f"oracle {oracle!r}: expected HOST:PORT (the chief's address and a free port on it)")
+    address.parse(oracle, "oracle", ORACLE_MEANING)
     if not timeout > 0:
         raise UserError(f"--oracle-timeout must be > 0, got {timeout}")
     return Role(tuner_id, oracle, workers, float(timeout), source)
@@ -94,22 +92,21 @@ def environment(role):
     """KerasTuner's variables for `role` (none of them for a search in one process), and its workers' gRPC timeout,
     while the tuner is made and searches; restored afterwards."""
     saved = {name: os.environ.get(name) for name in VARIABLES}
-    client, timeout = None, None
     for name in VARIABLES:
         os.environ.pop(name, None)
+    timeout = contextlib.nullcontext()
     if role is not None:
         host, port = role.host_port
         os.environ.update(KERASTUNER_TUNER_ID=role.tuner_id, KERASTUNER_ORACLE_IP=host,
                           KERASTUNER_ORACLE_PORT=str(port))
         if not role.chief:
-            from keras_tuner.src.distribute import oracle_client as client
+            from cifar_keras.search.keras_tuner_internals import client_timeout
 
-            timeout, client.TIMEOUT = client.TIMEOUT, role.timeout  # read at every call
+            timeout = client_timeout(role.timeout)
     try:
-        yield
+        with timeout:
+            yield
     finally:
-        if client is not None:
-            client.TIMEOUT = timeout
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -119,26 +116,19 @@ def environment(role):
 
 # --- the chief ----------------------------------------------------------------------------------
 
-def listen_address(role):
-    """Where the chief listens: HOST:PORT itself for a loopback HOST, else PORT on every interface (HOST is the
-    address the workers reach, which may not be one the chief can bind, e.g. behind NAT)."""
-    host, port = role.host_port
-    return f"{host}:{port}" if LOOPBACK.fullmatch(host) else f"[::]:{port}"
-
-
 def serve(tuner, role):
     """The chief: KerasTuner's oracle service (gRPC) on role.oracle until the search is over, i.e. every trial has
     ended and every worker that asked for one was told to stop (with role.workers: that many workers were, or
     role.timeout seconds passed since the last trial ended). Returns {tuner id: [trial ids it was given]} of every
     worker that asked."""
     import grpc
-    from keras_tuner.src import protos
-    from keras_tuner.src.distribute import oracle_chief
+
+    from cifar_keras.search import keras_tuner_internals as internals
 
     oracle = tuner.oracle
     given, stopped = {}, set()
 
-    class Servicer(oracle_chief.OracleServicer):
+    class Servicer(internals.OracleServicer):
         def CreateTrial(self, request, context):  # KerasTuner's, noting who runs what
             trial = self.oracle.create_trial(request.tuner_id)
             given.setdefault(request.tuner_id, [])
@@ -147,7 +137,7 @@ def serve(tuner, role):
                 stopped.add(request.tuner_id)
             elif trial.status == "RUNNING" and trial.trial_id not in given[request.tuner_id]:
                 given[request.tuner_id].append(trial.trial_id)
-            return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
+            return internals.create_trial_response(trial)
 
         def EndTrial(self, request, context):
             # KerasTuner's oracle saves itself before it lets go of the ended trial, and a worker does not save
@@ -163,9 +153,9 @@ def serve(tuner, role):
     servicer = Servicer(oracle)
     # One thread, as KerasTuner's; no SO_REUSEPORT, so that a port in use is an error, not a second chief.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)])
-    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    internals.add_servicer(servicer, server)
     try:
-        bound = server.add_insecure_port(listen_address(role))
+        bound = server.add_insecure_port(address.listen_address(*role.host_port))
     except RuntimeError:
         bound = 0
     if not bound:
@@ -182,7 +172,7 @@ def serve(tuner, role):
     try:
         while True:
             time.sleep(0.2)
-            if not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)):
+            if not (servicer.stop_triggered and internals.exit_chief(oracle)):
                 over_since = None
                 continue
             over_since = over_since or time.monotonic()
@@ -235,8 +225,6 @@ def work(tuner, role, **search_kwargs):
 def launch_commands(arguments, workers, host="127.0.0.1"):
     """The argv of the chief and of each of `workers` workers, from `launch`'s arguments (a tune command), on a free
     port of `host`."""
-    from cifar_keras.distributed.multiworker import free_port
-
     arguments = list(arguments)
     if arguments[:1] == ["--"]:
         arguments = arguments[1:]
@@ -245,7 +233,7 @@ def launch_commands(arguments, workers, host="127.0.0.1"):
     for flag in ("--tuner-id", "--oracle", "--workers"):
         if any(a == flag or a.startswith(flag + "=") for a in arguments):
             raise UserError(f"launch sets the chief and the workers itself: drop {flag}")
-    oracle = f"{host}:{free_port(host)}"
+    oracle = f"{host}:{address.free_port(host)}"
     base = [sys.executable, "-m", "cifar_keras", *arguments]
     return ([[*base, "--tuner-id", "chief", "--oracle", oracle, "--workers", str(workers)]]
             + [[*base, "--tuner-id", f"tuner{i}", "--oracle", oracle] for i in range(workers)])

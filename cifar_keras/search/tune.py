@@ -27,8 +27,11 @@ from cifar_keras.search import parallel
 from cifar_keras.config import make_config
 from cifar_keras.errors import UserError
 from cifar_keras.data.pipeline import make_dataset
-from cifar_keras.training.fit import (build_compiled, compile_model, epochs_in_budget, train_throughput,
-                               training_data, verbosity)
+from cifar_keras.training.budget import epochs_in_budget
+from cifar_keras.training.callbacks import verbosity
+from cifar_keras.training.inputs import training_data
+from cifar_keras.training.optimizers import build_compiled, compile_model
+from cifar_keras.training.throughput import train_throughput
 
 TUNERS = ("random", "hyperband", "bayesian")
 
