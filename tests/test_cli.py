@@ -354,18 +354,6 @@ def test_unknown_model_args_in_a_hyperparameter_file_is_one_line_error(tmp_path,
     assert capsys.readouterr().err == f"error: {path}: unknown model_args for mlp: depth\n"
 
 
-def test_a_plain_command_prints_no_tensorflow_start_up_lines(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    done = subprocess.run([sys.executable, "-m", "cifar_keras", "evaluate", str(tmp_path / "none.keras")],
-                          capture_output=True, text=True, env=env)
-    assert done.returncode == 2
-    assert done.stderr == f"error: {tmp_path / 'none.keras'}: model file not found\n"
-
-
 def test_time_budget_covers_the_whole_command(data_root, tmp_path, capsys):
     """18 s for everything: start-up, the epochs, and finalising (flip TTA: two passes of each split)."""
     config = make_config("mlp", epochs=1, time_budget=0.3, tta=True, **TINY_MLP)

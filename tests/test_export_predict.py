@@ -75,9 +75,12 @@ def test_savedmodel_needs_only_tensorflow_and_matches_keras(exported, keras_file
 def test_views_ship_the_single_view_or_the_flip_net_of_a_tta_model(tmp_path):
     import tensorflow as tf
 
+    import keras
+
+    keras.utils.set_random_seed(0)  # a fixed net: some initialisations saturate at x20 and their views agree
     net = models.cnn(widths=(8, 8, 8), stem_width=8)
     logits = net.get_layer("logits")
-    logits.kernel.assign(logits.kernel * 20.0)  # probabilities far from uniform, so that the views differ
+    logits.kernel.assign(logits.kernel * 5.0)  # probabilities far from uniform, not saturated: the views differ
     tta = models.with_tta(net, translate=True)
     tta.save(tmp_path / "tta.keras")
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
