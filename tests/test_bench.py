@@ -38,6 +38,33 @@ def test_bench_measures_each_combination_and_records_it(tmp_path, capsys, monkey
     assert table.count("\n| tensorflow |") == 2 and "mixed_bfloat16" in table
 
 
+def test_bench_times_variants_of_the_recipe_side_by_side(tmp_path, capsys):
+    out = tmp_path / "bench_variants.json"
+    argv = ["bench", "mlp", "--backends", "tensorflow", "--precisions", "float32", "--batch-size", "16", "--steps", "1",
+            "--warmup", "1", "--variant", 'tiny={"model_args": {"hidden": [8]}, "noise": 0.05}', "--output", str(out)]
+    assert cli.main(argv) == 0
+    recipe, tiny = json.loads(out.read_text())["results"]
+    assert (recipe["variant"], recipe["overrides"], tiny["variant"]) == ("recipe", {}, "tiny")
+    assert tiny["overrides"] == {"model_args": {"hidden": [8]}, "noise": 0.05}
+    # Trainable weights counted by hand: 3072 x 8 kernel, BatchNorm's gamma and beta, the 8 x 100 logits and bias;
+    # the recipe's 1536 and 768 units: 3072 x 1536 + 2 x 1536 + 1536 x 768 + 2 x 768 + 768 x 100 + 100.
+    assert (tiny["trainable_params"], recipe["trainable_params"]) == (25_492, 5_979_748)
+    table = tables.bench_table(out)
+    assert "| Variant | Recipe options changed |" in table and '| tiny | model_args {"hidden": [8]}, noise 0.05 |' in table
+
+
+@pytest.mark.parametrize("variant, message", [("tiny", "expected NAME=JSON"), ("x=[1]", "expected a JSON object"),
+                                              ('x={"bogus": 1}', "unknown option 'bogus'"),
+                                              ('x={"epochs": 2}', "epochs and batch_size are the bench's own")])
+def test_a_bad_variant_is_a_one_line_error(variant, message, capsys):
+    try:
+        status = cli.main(["bench", "mlp", "--variant", variant])
+    except SystemExit as e:  # argparse's own usage error for the form of the flag
+        status = e.code
+    assert status == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_bench_rejects_unknown_backend(capsys):
     assert cli.main(["bench", "--backends", "tensorflow,mxnet"]) == 2
     assert "--backends: unknown mxnet" in capsys.readouterr().err

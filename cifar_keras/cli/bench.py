@@ -1,7 +1,10 @@
 """`bench`: training throughput per backend and precision; --inference: per deployment format; --layouts: one
 process or several."""
 
-from cifar_keras.cli.common import add_data_dir, comma_list, positive_int, run_record
+import argparse
+
+from cifar_keras.cli.common import add_data_dir, comma_list, json_object, positive_int, run_record
+from cifar_keras.errors import UserError
 from cifar_keras.config import DEFAULTS, MODEL_NAMES
 
 
@@ -23,6 +26,11 @@ def add_parser(sub):
                         help="timed training steps, or with --inference timed batch-BATCH_SIZE calls (default 20)")
     parser.add_argument("--warmup", type=positive_int, default=3,
                         help="untimed steps (calls of each batch size) first, for compilation (default 3)")
+    parser.add_argument("--variant", action="append", type=variant, metavar="NAME=JSON",
+                        help="also time the recipe with these options changed (RunConfig fields, as fit's flags set "
+                        "them), side by side with the others, e.g. --variant 'sgd={\"optimizer\": \"sgd\", "
+                        "\"learning_rate\": 0.2}' --variant 'no_ema={\"ema\": 0.0}'; repeatable (default: the "
+                        "recipe alone; with a variant, the recipe is timed first as 'recipe')")
     parser.add_argument("--output", help="run record (default: saved_models/bench.json, with --inference "
                         "saved_models/inference.json, with --layouts saved_models/processes.json)")
     cluster = parser.add_argument_group("one machine's cores in one process or several (--layouts)")
@@ -46,6 +54,14 @@ def add_parser(sub):
                            help="threads per runtime (default: each runtime's own, all cores; LiteRT: all cores)")
     add_data_dir(inference)
     parser.set_defaults(handler=run)
+
+
+def variant(text):
+    """NAME=JSON (a name, and a JSON object of recipe options) -> (name, options), for --variant."""
+    name, _, options = text.partition("=")
+    if not name.strip() or not options:
+        raise argparse.ArgumentTypeError(f"expected NAME=JSON, got {text!r}")
+    return name.strip(), json_object(options)
 
 
 def exit_status(results):
@@ -94,6 +110,16 @@ def run_processes(args, argv):
     return exit_status(results)
 
 
+def check_variant(model, name, options):
+    """`options` if they make a valid config of `model` (checked here, in one line, before any subprocess)."""
+    from cifar_keras.config import make_config
+
+    if "epochs" in options or "batch_size" in options:
+        raise UserError(f"--variant {name}: epochs and batch_size are the bench's own (--batch-size)")
+    make_config(model, **options)
+    return options
+
+
 def run(args, argv):
     from cifar_keras import records
     from cifar_keras.reporting import bench
@@ -104,11 +130,13 @@ def run(args, argv):
         return run_processes(args, argv)
     backends = comma_list("--backends", args.backends, bench.BACKENDS)
     precisions = comma_list("--precisions", args.precisions or "float32,bfloat16", bench.PRECISIONS)
-    results = bench.run(args.model, backends, precisions, args.batch_size, args.steps, args.warmup)
+    variants = [("recipe", {})] + [(name, check_variant(args.model, name, options))
+                                   for name, options in args.variant or []]
+    results = bench.run(args.model, backends, precisions, args.batch_size, args.steps, args.warmup, variants)
     records.write(args.output or "saved_models/bench.json",
                   run_record("bench", argv, model=args.model, batch_size=args.batch_size, steps=args.steps,
                              warmup=args.warmup, results=results))
     for r in results:
         speed = f"{r['train_images_per_s']:8.1f} img/s" if "error" not in r else f"failed: {r['error']}"
-        print(f"{r['backend']:<11} {r['precision']:<15} {speed}")
+        print(f"{r['variant']:<15} {r['backend']:<11} {r['precision']:<15} {speed}")
     return exit_status(results)

@@ -73,12 +73,15 @@ def settings(model, batch_size):
             "variables": speed_variables()}
 
 
-def measure(model_name, precision, batch_size, steps, warmup):
-    """Images/s of fit() steps and of the pipeline alone, in this process's backend, and the settings used."""
+def measure(model_name, precision, batch_size, steps, warmup, overrides=None):
+    """Images/s of fit() steps and of the pipeline alone, in this process's backend, and the settings used.
+    `overrides`: options of the recipe to change (RunConfig fields, as `fit` flags set them), e.g. {"ema": 0.0};
+    the weight average, when the recipe keeps one, is timed with the steps, as in `fit`."""
     import keras
 
     from cifar_keras.config import make_config
     from cifar_keras.hardware import resolve_precision
+    from cifar_keras.training.callbacks import WeightAverage
     from cifar_keras.training.inputs import training_data
     from cifar_keras.training.optimizers import build_compiled
     from cifar_keras.training.throughput import pipeline_throughput, train_throughput
@@ -86,29 +89,35 @@ def measure(model_name, precision, batch_size, steps, warmup):
     policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    config = make_config(model_name, batch_size=batch_size, epochs=1)
+    config = make_config(model_name, **{**(overrides or {}), "batch_size": batch_size, "epochs": 1})
     model = build_compiled(config, steps + warmup)
     dataset = training_data(synthetic_split(batch_size * (steps + warmup)), config, batch_size)
-    images_per_s = train_throughput(model, dataset, batch_size, steps, warmup)
+    callbacks = [WeightAverage(config.ema)] if config.ema else []
+    images_per_s = train_throughput(model, dataset, batch_size, steps, warmup, callbacks=callbacks)
     return {"backend": keras.backend.backend(), "precision": policy,
+            "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
             "train_images_per_s": round(images_per_s, 1),
             "pipeline_images_per_s": round(pipeline_throughput(dataset), 1), "settings": settings(model, batch_size)}
 
 
-def run(model_name="cnn", backends=BACKENDS, precisions=PRECISIONS, batch_size=256, steps=20, warmup=3):
-    """One subprocess per combination; a failure is recorded, not fatal."""
+def run(model_name="cnn", backends=BACKENDS, precisions=PRECISIONS, batch_size=256, steps=20, warmup=3,
+        variants=(("recipe", {}),)):
+    """One subprocess per variant (name, recipe overrides), backend and precision, side by side; a failure is
+    recorded, not fatal."""
     results = []
-    for backend in backends:
-        for precision in precisions:
-            env = {**os.environ, "KERAS_BACKEND": backend}
-            args = [sys.executable, "-m", "cifar_keras.reporting.bench", model_name, precision, str(batch_size),
-                    str(steps), str(warmup)]
-            print(f"bench: {backend} {precision} ...", file=sys.stderr, flush=True)
-            try:
-                results.append(run_json(args, env=env))
-            except Failed as e:
-                results.append({"backend": backend, "precision": precision, "error": str(e)})
-            print(f"bench: {results[-1]}", file=sys.stderr, flush=True)
+    for variant, overrides in variants:
+        for backend in backends:
+            for precision in precisions:
+                env = {**os.environ, "KERAS_BACKEND": backend}
+                args = [sys.executable, "-m", "cifar_keras.reporting.bench", model_name, precision, str(batch_size),
+                        str(steps), str(warmup), json.dumps(overrides)]
+                print(f"bench: {variant} {backend} {precision} ...", file=sys.stderr, flush=True)
+                try:
+                    result = run_json(args, env=env)
+                except Failed as e:
+                    result = {"backend": backend, "precision": precision, "error": str(e)}
+                results.append({"variant": variant, "overrides": overrides, **result})
+                print(f"bench: {results[-1]}", file=sys.stderr, flush=True)
     return results
 
 
@@ -385,5 +394,5 @@ if __name__ == "__main__":
         print(json.dumps(time_inference(path, precision, int(batch), int(steps), int(warmup), int(latency_runs),
                                         int(threads) or None)))
     else:
-        name, precision, batch, steps, warmup = sys.argv[1:6]
-        print(json.dumps(measure(name, precision, int(batch), int(steps), int(warmup))))
+        name, precision, batch, steps, warmup, overrides = sys.argv[1:7]
+        print(json.dumps(measure(name, precision, int(batch), int(steps), int(warmup), json.loads(overrides))))

@@ -1,5 +1,6 @@
 """The report's markdown tables, each from committed records; every accuracy column names its views."""
 
+import json
 from pathlib import Path
 
 from cifar_keras import config as run_config
@@ -151,9 +152,16 @@ def bench_table(path):
         rows = [(r["backend"], r["precision"], f"failed: {r['error']}", "") if "error" in r else
                 (r["backend"], r["precision"], f"{r['train_images_per_s']:.0f}", f"{r['pipeline_images_per_s']:.0f}")
                 for r in record["results"]]
+        columns = ("Backend", "Precision", "Train images/s", "Input pipeline images/s")
+        variants = [r.get("variant", "recipe") for r in record["results"]]
+        if set(variants) != {"recipe"}:  # bench --variant: the recipe with options changed, side by side
+            changed = [", ".join(f"{k} {json.dumps(v)}" for k, v in r.get("overrides", {}).items()) or "—"
+                       for r in record["results"]]
+            rows = [(v, c, *row) for v, c, row in zip(variants, changed, rows)]
+            columns = ("Variant", "Recipe options changed", *columns)
     except (KeyError, TypeError, ValueError) as e:
         raise malformed(path, e, "bench record") from None
-    return f"{head}\n\n" + markdown(("Backend", "Precision", "Train images/s", "Input pipeline images/s"), rows)
+    return f"{head}\n\n" + markdown(columns, rows)
 
 
 def last_train_top1(log):

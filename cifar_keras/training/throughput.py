@@ -31,13 +31,13 @@ class StepTimer(keras.callbacks.Callback):
         self.end = time.perf_counter()
 
 
-def train_throughput(model, dataset, batch_size, steps=5, warmup=2, timer=None):
+def train_throughput(model, dataset, batch_size, steps=5, warmup=2, timer=None, callbacks=()):
     """Images/s of fit() steps of a compiled model, timed after `warmup` untimed steps (compilation) by `timer`
-    (default: a StepTimer(warmup)). The steps train `model`: time a throw-away copy when the run itself must not be
-    affected."""
+    (default: a StepTimer(warmup)), with `callbacks` running as in the run. The steps train `model`: time a
+    throw-away copy when the run itself must not be affected."""
     dataset = dataset.repeat()  # a small split may hold fewer batches than warm-up plus timed steps
     timer = timer or StepTimer(warmup)
-    model.fit(dataset.take(warmup + steps), epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    model.fit(dataset.take(warmup + steps), epochs=1, verbose=0, shuffle=False, callbacks=[*callbacks, timer])
     return batch_size * steps / (timer.end - timer.start)
 
 
