@@ -97,3 +97,14 @@ def test_bench_layouts_split_the_cores_and_count_the_gradient_exchange(tmp_path,
 def test_bench_rejects_bad_layouts(text, message, capsys):
     assert cli.main(["bench", "--layouts", text]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_bench_under_an_isa_limit_says_so_in_its_table(tmp_path):
+    """A bench run with ONEDNN_MAX_CPU_ISA set stands in for a smaller CPU: its table must not read as native."""
+    result = {"backend": "tensorflow", "precision": "float32", "train_images_per_s": 119.0,
+              "pipeline_images_per_s": 9000.0, "settings": {"variables": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}}
+    record = {"model": "cnn", "batch_size": 256, "steps": 15, "warmup": 3, "command": "python -m cifar_keras bench",
+              "hardware": {"cpu": "Xeon", "cores": 2, "cpu_features": ["amx_bf16", "avx2"]}, "results": [result]}
+    (tmp_path / "bench_isa.json").write_text(json.dumps(record))
+    assert "CPU features: amx_bf16, avx2; oneDNN limited to AVX2 by ONEDNN_MAX_CPU_ISA)" in tables.bench_table(
+        tmp_path / "bench_isa.json")

@@ -145,6 +145,9 @@ def bench_table(path):
     try:
         hardware = record["hardware"]
         features = ", ".join(hardware.get("cpu_features", [])) or "not recorded"
+        isa = {(r.get("settings") or {}).get("variables", {}).get("ONEDNN_MAX_CPU_ISA") for r in record["results"]}
+        if isa - {None}:  # a stand-in for a smaller CPU: oneDNN told to use only these instructions
+            features += f"; oneDNN limited to {', '.join(sorted(isa - {None}))} by ONEDNN_MAX_CPU_ISA"
         head = (f"Training throughput of `{record['model']}` (batch {record['batch_size']}, {record['steps']} timed "
                 f"steps after {record['warmup']} warm-up step{'' if record['warmup'] == 1 else 's'}) on "
                 f"{hardware['cpu']} ({hardware['cores']} cores; CPU features: {features}), measured side by side "
