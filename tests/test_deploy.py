@@ -357,3 +357,11 @@ def test_bench_inference_times_every_format_and_precision(keras_file, data_root,
         assert r["latency_ms_p99"] >= r["latency_ms_median"] > 0 and r["throughput_images_per_s"] > 0, r
         assert r["size_mb"] > 0
     assert printed.count("\n| ") == len(rows) + 1  # header and one line per row
+
+
+def test_openvino_bfloat16_is_not_offered_under_an_avx2_limit(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (a stand-in for an AVX2-only CPU) leaves OpenVINO no bfloat16 kernels to load."""
+    from cifar_keras.deploy import runtimes
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert runtimes.openvino_bf16_available() is False

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from cifar_keras import config
-from cifar_keras import cli
 from cifar_keras import data
 from cifar_keras import models
 from cifar_keras.errors import UserError

@@ -73,14 +73,14 @@ def run_inference(args, argv):
     from cifar_keras import records
     from cifar_keras.reporting import bench
     from cifar_keras import hardware
-    from cifar_keras.deploy.export import calibration_images
+    from cifar_keras.deploy.export import INT8_FORMATS, calibration_images
 
     formats = comma_list("--formats", args.formats, bench.INFERENCE_FORMATS)
     precisions = comma_list("--precisions", args.precisions or "float32,int8,bfloat16", bench.INFERENCE_PRECISIONS)
     model_file = args.model_file or f"saved_models/{args.model}.keras"
-    bench.check_inference_runtimes(formats, "int8" in precisions)
+    bench.check_inference_runtimes(formats, "int8" in precisions)  # before loading any data: fail fast
     calibration = None
-    if "int8" in precisions and {"litert", "openvino"} & set(formats):
+    if "int8" in precisions and set(INT8_FORMATS) & set(formats):
         calibration = calibration_images(args.data_dir, args.calibration_images)
     results = bench.run_inference(model_file, formats, precisions, args.batch_size, args.steps, args.warmup,
                                   args.latency_runs, calibration, args.threads)

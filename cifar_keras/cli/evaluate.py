@@ -28,7 +28,7 @@ def add_parser(sub):
     robustness = parser.add_argument_group(
         "corruption benchmark (--corruptions)",
         "CIFAR-100-C-style: the split's images under the 15 corruptions of Hendrycks & Dietterich (ICLR 2019) at "
-        "severities 1-5 (see cifar_keras/corruptions.py; frost uses synthetic frost textures); prints top-1 per "
+        "severities 1-5 (see cifar_keras/evaluation/corruptions.py; frost uses synthetic frost textures); prints top-1 per "
         "corruption and severity and the mean corruption top-1 (mean over every corruption x severity), and writes "
         "a run record to --output (default for a .keras model: corruptions/NAME.json beside it)")
     robustness.add_argument("--corruptions", action="store_true",
@@ -93,7 +93,7 @@ def run_corruption_benchmark(args, argv, selection, model, split, score, deploye
                         images=len(split), image_selection=selected, corruption_seed=args.corruption_seed,
                         corruption_types=names, severities=severities,
                         corruption_method="Hendrycks & Dietterich (ICLR 2019) CIFAR-10-C/100-C parameters, "
-                        "cifar_keras/corruptions.py (frost: synthetic frost textures)", **result)
+                        "cifar_keras/evaluation/corruptions.py (frost: synthetic frost textures)", **result)
     records.write(record_path, record)
     print(corruption_benchmark.table(record))
     print(f"record: {record_path}")

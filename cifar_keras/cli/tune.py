@@ -17,7 +17,7 @@ def budget(text):
 def add_parser(sub):
     parser = sub.add_parser(
         "tune", help="KerasTuner search; the best trial goes to tuning/MODEL/best_hparams.json",
-        description="Search MODEL's hyperparameter space (see models.py) with KerasTuner, scored by validation "
+        description="Search MODEL's hyperparameter space (see cifar_keras/models/spaces.py) with KerasTuner, scored by validation "
         "accuracy on the split carved from the training set (never the test set). Writes tuning/MODEL/trials.json, "
         "best_hparams.json (which `fit MODEL` then uses) and search.json. Rerun the same command to continue an "
         "interrupted search.")

@@ -14,7 +14,7 @@ from cifar_keras import records
 from cifar_keras.errors import UserError
 
 SPLIT_SEED = 0  # the seed every default run used for its split before the split had a seed of its own
-DEFAULT_VAL_SIZE = 5000
+DEFAULT_VAL_SIZE = 5000  # frozen like SPLIT_SEED: the size a record without one was carved with
 
 
 def stratified_split(labels, per_class, seed=0, option="--val-size"):

@@ -246,7 +246,7 @@ def processes_table(record):
 
 INFERENCE_FORMATS = ("keras", "saved_model", "onnx", "litert", "openvino")
 INFERENCE_PRECISIONS = ("float32", "int8", "bfloat16")
-INT8_CPU_FEATURES = {"avx512_vnni", "avx_vnni", "amx_int8"}  # what int8 kernels use, beside runtime's list
+INT8_CPU_FEATURES = {"avx512_vnni", "avx_vnni", "amx_int8"}  # what int8 kernels use, beside hardware.REPORTED_CPU_FEATURES
 
 
 def inference_rows(formats, precisions, bf16_available):

@@ -121,7 +121,7 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
     `overwrite`).
 
     hparams: provenance of the tuned hyperparameters in `config` ({"path", "sha256"}), None if built-in.
-    team: with --distribute multiworker, this process's multiworker.Team (multiworker.join); it trains as its
+    team: with --distribute multiworker, this process's distributed.team.Team (multiworker.join); it trains as its
     place in the cluster says, process 0 writes the files and returns the record, the others return None.
     """
     started = time.perf_counter()

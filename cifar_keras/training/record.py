@@ -3,6 +3,7 @@
 import time
 
 from cifar_keras import hardware, models, records
+from cifar_keras.evaluation.calibration import rounded
 from cifar_keras.models import flops
 
 
@@ -76,6 +77,3 @@ def make_record(plan, command, hparams, finalised, train_split, val_split, start
                                  "wall_time_s": round(time.perf_counter() - started, 1)}
     return record
 
-
-def rounded(scores):
-    return scores and {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}

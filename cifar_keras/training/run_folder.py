@@ -125,7 +125,7 @@ def prepare_run_folder(output_dir, name, config, overwrite=False):
 
 
 def prepare_shared_run_folder(team, output_dir, name, config, overwrite=False):
-    """prepare_run_folder for every process of a cluster (`team`: multiworker.Team): process 0 prepares its run
+    """prepare_run_folder for every process of a cluster (`team`: distributed.team.Team): process 0 prepares its run
     folder (resuming as a single process does) and sends the others its working files (checkpoints, backup,
     trained state, log), which they keep in their private scratch folder: every process resumes from the same
     state, and only process 0 writes in the output folder."""
