@@ -70,6 +70,17 @@ def test_table_rows_come_from_the_records_mlp_first(project):
     assert "| built-in (`--hparams none`) |" in rows[1]
 
 
+def test_a_fit_record_with_its_own_single_view_score_needs_no_evaluate_record(project):
+    readme, records = project
+    run = {**fit_record("cnn_budget45_amx", "cnn", 74.5, 44), "flip_tta": True, "translate_tta": True,
+           "test_single_view": {"top1": 71.25}}
+    (records / "budget").mkdir()
+    (records / "budget" / "cnn_budget45_amx.json").write_text(json.dumps(run))
+    report.update_readme(readme, records)
+    rows = {row.split(" | ")[0]: row for row in rows_of(page(readme))}
+    assert "| 71.25 % | **74.50 %** | flip + translate (6 views) |" in rows["| `budget/cnn_budget45_amx`"]
+
+
 def test_single_view_column_reads_the_evaluate_records(project):
     readme, records = project
     cnn = fit_record("cnn", "cnn", 73.88, 100)

@@ -13,7 +13,7 @@ from cifar_keras.errors import UserError
 PREVIOUS = "previous"  # records of models a newer recipe replaced: shown as previous/NAME
 # Full runs that are not today's models, each in a subfolder shown as FOLDER/NAME: replaced recipes, and
 # robust-training candidates that were not adopted.
-SIDE_FOLDERS = (PREVIOUS, "robust")
+SIDE_FOLDERS = (PREVIOUS, "robust", "budget")  # budget: `fit --time-budget` runs, one per CPU class
 SINGLE_VIEW = "single_view"  # `evaluate --tta none` records of the models with TTA, named like their rows
 CORRUPTIONS = "corruptions"  # `evaluate --corruptions` records of the models in records_dir
 
@@ -71,6 +71,8 @@ def single_view_top1(records_dir, label, record):
     that of its `evaluate --tta none` record (single_view/LABEL.json, "/" as "_"); None if there is none."""
     if tta_kind(record) == "none":
         return float(record["test"]["top1"])
+    if record.get("test_single_view"):  # fit records since 2026-12-05 hold it themselves
+        return float(record["test_single_view"]["top1"])
     path = Path(records_dir) / SINGLE_VIEW / f"{label.replace('/', '_')}.json"
     if not path.is_file():
         return None
