@@ -8,7 +8,7 @@ import dataclasses
 import os
 
 from cifar_keras.distributed import address
-from cifar_keras.distributed.slurm import slurm_cluster
+from cifar_keras.distributed.slurm import integer, slurm_cluster
 from cifar_keras.errors import UserError
 
 DEFAULT_TIMEOUT = 120  # seconds: for every process to join, and after which a silent process counts as dead
@@ -36,13 +36,6 @@ class Cluster:
         return address.is_loopback(self.host_port[0])
 
 
-def _integer(text, name):
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be an integer, got {text!r}") from None
-
-
 def resolve_cluster(coordinator=None, num_processes=None, process_id=None, timeout=DEFAULT_TIMEOUT):
     """The Cluster of this process: each of the three from its flag, else from Keras' KERAS_DISTRIBUTION_*
     variable, else from Slurm's SLURM_* variables; one-line UserError when incomplete or inconsistent."""
@@ -61,10 +54,10 @@ def resolve_cluster(coordinator=None, num_processes=None, process_id=None, timeo
             raise UserError(f"KERAS_DISTRIBUTION_JOB_ADDRESSES lists {len(listed)} processes, but the cluster has "
                             f"{num_processes}")
     if num_processes is None and environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
-        num_processes = _integer(environ["KERAS_DISTRIBUTION_NUM_PROCESSES"], "KERAS_DISTRIBUTION_NUM_PROCESSES")
+        num_processes = integer(environ["KERAS_DISTRIBUTION_NUM_PROCESSES"], "KERAS_DISTRIBUTION_NUM_PROCESSES")
         sources.add("KERAS_DISTRIBUTION_* variables")
     if process_id is None and environ.get("KERAS_DISTRIBUTION_PROCESS_ID"):
-        process_id = _integer(environ["KERAS_DISTRIBUTION_PROCESS_ID"], "KERAS_DISTRIBUTION_PROCESS_ID")
+        process_id = integer(environ["KERAS_DISTRIBUTION_PROCESS_ID"], "KERAS_DISTRIBUTION_PROCESS_ID")
         sources.add("KERAS_DISTRIBUTION_* variables")
     if None in (coordinator, num_processes, process_id):
         slurm = slurm_cluster()

@@ -17,11 +17,12 @@ def first_node(node_list):
     return prefix + re.split(r"[,\-\]]", rest)[0]
 
 
-def integer(name):
+def integer(text, name):
+    """`text` (the value of the variable `name`) as an int, or a one-line UserError."""
     try:
-        return int(os.environ[name])
-    except ValueError:
-        raise UserError(f"{name} must be an integer, got {os.environ[name]!r}") from None
+        return int(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be an integer, got {text!r}") from None
 
 
 def slurm_cluster():
@@ -29,5 +30,8 @@ def slurm_cluster():
     SLURM_STEP_NODELIST, on JAX_COORDINATOR_PORT, else on a port of 61440..65535 from SLURM_JOB_ID."""
     if not all(name in os.environ for name in VARIABLES):
         return None
-    port = os.environ.get("JAX_COORDINATOR_PORT") or str(integer("SLURM_JOB_ID") % 4096 + 61440)
-    return f"{first_node(os.environ['SLURM_STEP_NODELIST'])}:{port}", integer("SLURM_NTASKS"), integer("SLURM_PROCID")
+    def value(name):
+        return integer(os.environ[name], name)
+
+    port = os.environ.get("JAX_COORDINATOR_PORT") or str(value("SLURM_JOB_ID") % 4096 + 61440)
+    return f"{first_node(os.environ['SLURM_STEP_NODELIST'])}:{port}", value("SLURM_NTASKS"), value("SLURM_PROCID")
