@@ -95,8 +95,9 @@ class RunConfig:
     test_set: bool = option(CNN["test_set"], "data", "evaluate the selected model once on the test set (--no-test: "
                             "judge on validation only, for recipe studies)", flag="--test")
 
-    precision: str = option(CNN["precision"], "hardware", "auto: bfloat16 on CPUs with AMX, float16 on GPUs, else "
-                            "float32", choices=PRECISIONS)
+    precision: str = option(CNN["precision"], "hardware", "auto: bfloat16 on CPUs with AMX, float16 on GPUs, on CPUs "
+                            "with AVX512-BF16 and no AMX the faster of float32 and bfloat16 in a short probe (fit), "
+                            "else float32", choices=PRECISIONS)
     distribute: str = option(CNN["distribute"], "hardware", "mirrored: synchronous data parallelism over this "
                              "machine's devices (TensorFlow MirroredStrategy, JAX DataParallel); multiworker: over "
                              "the devices of several processes or machines (JAX's distributed runtime, "

@@ -110,7 +110,8 @@ def environment():
 
 
 def resolve_precision(choice="auto"):
-    """Keras dtype policy for `choice`; auto: float16 on GPUs, bfloat16 on CPUs with AMX, else float32.
+    """Keras dtype policy for `choice`; auto: float16 on GPUs, bfloat16 on CPUs with AMX, else float32 (where
+    `fit` may still choose bfloat16 by a probe: training/precision.py).
 
     AVX512-BF16 alone is not enough: on such a CPU without AMX, TensorFlow's bfloat16
     matmuls and convolutions run at about half the float32 rate and the CNN trains no

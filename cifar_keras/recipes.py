@@ -39,7 +39,7 @@ MLP = dict(
     val_size=5000,  # validation images carved from the training set
     train_size=None,  # train on all the other training images
     test_set=True,  # score the selected epoch once on the test set
-    precision="auto",  # bfloat16 on CPUs with AMX, float16 on GPUs, else float32
+    precision="auto",  # bfloat16 with AMX, float16 on GPUs, a probe with AVX512-BF16 alone, else float32
     distribute="none",  # one device
 )
 
@@ -83,7 +83,7 @@ CNN = dict(
     val_size=5000,  # validation images carved from the training set
     train_size=None,  # train on all the other training images
     test_set=True,  # score the selected epoch once on the test set
-    precision="auto",  # bfloat16 on CPUs with AMX, float16 on GPUs, else float32
+    precision="auto",  # bfloat16 with AMX, float16 on GPUs, a probe with AVX512-BF16 alone, else float32
     distribute="none",  # one device
 )
 

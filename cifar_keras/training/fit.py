@@ -22,6 +22,7 @@ from cifar_keras.training.callbacks import (EpochTimer, ResumedEarlyStopping, Wa
 from cifar_keras.training.finalise import finalise
 from cifar_keras.training.inputs import build_inputs, training_data, validation_batches
 from cifar_keras.training.optimizers import build_compiled, build_model
+from cifar_keras.training.precision import choose as choose_precision
 from cifar_keras.training.record import make_record
 
 
@@ -138,7 +139,11 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
         paths, first_epoch = run_folder.prepare_shared_run_folder(team, output_dir, name, config, overwrite)
     keras.utils.set_random_seed(config.seed)
     dataset, train_split, val_split = build_inputs(config, data_dir)
-    with hardware.precision_policy(config.precision) as precision, \
+    chosen, precision_probe = choose_precision(config, paths, train_split, config.batch_size, config.learning_rate,
+                                               first_epoch)
+    if precision_probe:
+        keras.utils.set_random_seed(config.seed)  # the probe's throw-away models drew from the seeded generators
+    with hardware.precision_policy(chosen) as precision, \
             hardware.data_parallel(config.distribute) as (scope, replicas):
         plan = make_plan(config, name, paths, first_epoch, precision, replicas, len(train_split),
                          *((team.processes, team.primary) if team else ()))
@@ -156,6 +161,8 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
     finalised = finalise(plan, model, averaged, dataset, val_split)
     record = make_record(plan, command, hparams, finalised, train_split, val_split, started, code, budget)
     record["val_split"] = data.describe_split(dataset.train.fine, config.val_size)  # what evaluate --split val re-carves
+    if precision_probe:
+        record["precision_probe"] = precision_probe
     records.write(paths["record"], record)
     shutil.rmtree(paths["work"], ignore_errors=True)
     return record
