@@ -85,6 +85,9 @@ class RunConfig:
     noise: float = option(CNN["noise"], "augmentation", "Gaussian pixel noise on a random half of the training "
                           "images, standard deviation uniform in [0, NOISE] x 255 (robustness to noisy photos; "
                           "0: off)", low=0.0, high=0.5)
+    jpeg: int = option(CNN["jpeg"], "augmentation", "re-encode a random half of the training images as JPEG, each "
+                       "at a quality drawn uniformly from [JPEG, 95] (robustness to compressed photos; 0: off)",
+                       low=0, high=95)
 
     seed: int = option(CNN["seed"], "data", "seed of the initialisation, the batches and the --train-size subset (the validation split has its own fixed seed, 0)",
                        low=0)
@@ -119,7 +122,7 @@ MODEL_NAMES = tuple(RECIPES)
 RECORD_DEFAULTS = dict(
     model="cnn", model_args={}, label_smoothing=0.2, tta=False, tta_translate=False, epochs=15, batch_size=256,
     optimizer="sgd", learning_rate=0.2, weight_decay=5e-4, warmup=2 / 15, decay="cosine", patience=0, ema=0.0,
-    low_res=0, low_res_epochs=0, time_budget=None, crop_pad=4, flip=True, cutout_size=0, noise=0.0, seed=0,
+    low_res=0, low_res_epochs=0, time_budget=None, crop_pad=4, flip=True, cutout_size=0, noise=0.0, jpeg=0, seed=0,
     val_size=5000, train_size=None, test_set=True, precision="auto", distribute="none")
 # Tuned files that do not name their optimizer were searched before the CNN's recipe moved to Muon, with SGD.
 SEARCHED_BEFORE_MUON = {"cnn": "sgd"}

@@ -159,3 +159,52 @@ def test_low_res_epochs_are_area_downscaled_then_full_size(split):
         np.testing.assert_allclose(x_small, blocks, atol=1e-3)
     for (x, _), (x_small, _) in zip(plain[2:], small[2:]):
         assert (x == x_small).all()
+
+
+def smooth_images(n, seed=0):
+    """Photos' kind of content (smooth colour gradients), which JPEG keeps close at high quality."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, 32)
+    base = rng.uniform(40, 200, (n, 1, 1, 3)) + rng.uniform(-40, 40, (n, 1, 1, 3)) * ramp[None, :, None, None]
+    return np.clip(base + rng.uniform(-30, 30, (n, 1, 1, 3)) * ramp[None, None, :, None], 0, 255).astype(np.uint8)
+
+
+def pil_jpeg(image, quality):
+    """An independent JPEG round trip: Pillow's encoder and decoder."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+    return np.asarray(Image.open(buffer))
+
+
+def test_jpeg_reencodes_half_the_images_at_a_quality_in_range_and_keeps_the_other_augmentations(split):
+    from cifar_keras.data.pipeline import jpeg_reencode
+
+    images = smooth_images(400)
+    seed = tf.constant([3, 4], tf.int64)
+    out = jpeg_reencode(tf.constant(images), 60, seed).numpy()
+    changed = np.any(out != images, axis=(1, 2, 3))
+    assert 0.4 < changed.mean() < 0.6  # a random half (binomial: 200 +- 10)
+    assert np.array_equal(out, jpeg_reencode(tf.constant(images), 60, seed).numpy())  # seeded
+    for image, encoded in zip(images[changed][:15], out[changed][:15]):
+        # Some quality in [60, 95] gives Pillow's round trip within 1.5 grey levels on average, quality 20 does not.
+        errors = {q: np.abs(pil_jpeg(image, q).astype(int) - encoded).mean() for q in range(20, 96)}
+        best = min(errors, key=errors.get)
+        assert 60 <= best <= 95 and errors[best] < 1.5 < errors[20], (best, errors[best], errors[20])
+    # The crops, flips and cutout of a batch are those without --jpeg: only the re-encoded images differ.
+    batch = tf.constant(split.images[:64])
+    plain, with_jpeg = augment(batch, seed, cutout_size=8).numpy(), augment(batch, seed, cutout_size=8, jpeg=60).numpy()
+    same = np.all(plain == with_jpeg, axis=(1, 2, 3))
+    assert 0.25 < same.mean() < 0.75
+    assert np.abs(plain[~same] - with_jpeg[~same]).mean() < 40
+
+
+def test_jpeg_training_batches_are_reproducible(split):
+    first = [x.numpy() for x, _ in train_batches(split, 50, seed=1, epochs=1, jpeg=40)]
+    again = [x.numpy() for x, _ in train_batches(split, 50, seed=1, epochs=1, jpeg=40)]
+    plain = [x.numpy() for x, _ in train_batches(split, 50, seed=1, epochs=1)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, plain))

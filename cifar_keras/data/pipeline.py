@@ -58,7 +58,23 @@ def gaussian_noise(images, max_std, seed):
     return tf.round(tf.clip_by_value(noisy, 0.0, 255.0))
 
 
-def augment(images, seed, crop_pad=4, flip=True, cutout_size=0, noise=0.0, size=None):
+JPEG_MAX_QUALITY = 95  # the best quality --jpeg draws: about what cameras and phones save
+
+
+def jpeg_reencode(images, min_quality, seed):
+    """Re-encode a random half of uint8 `images` as JPEG, each at a quality drawn uniformly from
+    [`min_quality`, JPEG_MAX_QUALITY], and decode them again, as a photo saved by a camera or a web page would be
+    (CIFAR-100-C's jpeg_compression: quality 80 to 40)."""
+    n = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    quality = tf.random.stateless_uniform([n], seeds[0], min_quality, JPEG_MAX_QUALITY + 1, dtype=tf.int32)
+    chosen = tf.random.stateless_uniform([n], seeds[1]) < 0.5
+    encoded = tf.map_fn(lambda pair: tf.image.adjust_jpeg_quality(pair[0], pair[1]), (images, quality),
+                        fn_output_signature=tf.uint8)
+    return tf.where(chosen[:, None, None, None], encoded, images)
+
+
+def augment(images, seed, crop_pad=4, flip=True, cutout_size=0, noise=0.0, size=None, jpeg=0):
     """The training augmentations of uint8 `images`, as float32 0-255; downscaled to `size` x `size` pixels
     (area averaging, before the noise, as a smaller photo's pixels would be) where `size` (an int tensor) is
     smaller than the images."""
@@ -69,6 +85,8 @@ def augment(images, seed, crop_pad=4, flip=True, cutout_size=0, noise=0.0, size=
         images = random_flip(images, seeds[1])
     if cutout_size:
         images = cutout(images, cutout_size, seeds[2])
+    if jpeg:  # its own key, so that the other augmentations draw what they drew before the option existed
+        images = jpeg_reencode(images, jpeg, tf.random.experimental.stateless_fold_in(seed, 4))
     images = tf.cast(images, tf.float32)
     if size is not None:
         full = images.shape[1]
@@ -80,7 +98,7 @@ def augment(images, seed, crop_pad=4, flip=True, cutout_size=0, noise=0.0, size=
 
 
 def train_batches(split, batch_size, seed=0, first_epoch=0, epochs=1, crop_pad=4, flip=True, cutout_size=0,
-                  noise=0.0, low_res=0, low_res_epochs=0):
+                  noise=0.0, low_res=0, low_res_epochs=0, jpeg=0):
     """Shuffled, augmented training batches (images float32 0-255, one-hot labels) of epochs [first_epoch, epochs).
 
     With `low_res`, the images of the first `low_res_epochs` epochs are downscaled to low_res x low_res
@@ -101,7 +119,7 @@ def train_batches(split, batch_size, seed=0, first_epoch=0, epochs=1, crop_pad=4
         def make_batch(step, index):
             key = tf.stack([tf.constant(seed, tf.int64), epoch * steps + step])
             size = tf.where(epoch < low_res_epochs, low_res, images.shape[1]) if low_res else None
-            batch = augment(tf.gather(images, index), key, crop_pad, flip, cutout_size, noise, size)
+            batch = augment(tf.gather(images, index), key, crop_pad, flip, cutout_size, noise, size, jpeg)
             return batch, tf.one_hot(tf.gather(labels, index), NUM_CLASSES)
 
         return tf.data.Dataset.from_tensor_slices(batches).enumerate().map(

@@ -1,4 +1,5 @@
-"""The time budget (--time-budget M): the epochs after which the whole command ends within M minutes.
+"""The time budget (--time-budget M): the epochs and test-time views with which the whole command ends within M
+minutes, chosen for the CNN from the study table (budget_study.py).
 
 The command's time is its start-up (loading the data, these measurements, building the model and tracing its
 first steps), the epochs (training steps, a validation pass and checkpoints each), and finalising (the float32
@@ -6,6 +7,7 @@ rebuild, each test-time view's pass over the validation and test images, calibra
 each part is measured here on throw-away models, once per run: a resumed run keeps the plan it started with.
 """
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -16,6 +18,7 @@ import numpy as np
 
 from cifar_keras.data.pipeline import make_dataset
 from cifar_keras.evaluation import calibration
+from cifar_keras.training import budget_study
 from cifar_keras.training.finalise import float32_model, tta_views
 from cifar_keras.training.inputs import training_data
 from cifar_keras.training.optimizers import build_compiled
@@ -56,10 +59,9 @@ def measure_epoch_time(config, train_split, val_split, batch_size, learning_rate
             "val_s_per_epoch": val_s, "start_s": start_s}
 
 
-def measure_finalise_time(config, val_split, test_images):
-    """Seconds of finalise (finalise.py) on this machine: building each float32 model and tracing its prediction,
-    one pass over the validation images per test-time view (and one more for the weight average's candidate), the
-    same over `test_images` test images, and saving; timed on a throw-away float32 model."""
+def measure_finalise_time(config, val_split):
+    """The speed of finalise (finalise.py) on this machine, timed on a throw-away float32 model: building each
+    float32 model and tracing its prediction, seconds per image of one view's pass, and saving."""
     start = time.perf_counter()
     model = float32_model(config)
     logits = calibration.logit_model(model)
@@ -69,45 +71,92 @@ def measure_finalise_time(config, val_split, test_images):
         start = time.perf_counter()
         model.save(Path(scratch) / "probe.keras")
         save_s = time.perf_counter() - start
+    return {"build_and_trace_s": build_s + trace_s, "s_per_image": s_per_image, "save_s": save_s}
+
+
+def finalise_seconds(speed, config, views, val_images, test_images):
+    """Seconds of finalise with `views` test-time views: one pass over the validation images per view (and one
+    more for the weight average's candidate), the same over `test_images` test images, building, saving."""
     networks = 2 if config.ema else 1
-    views = len(tta_views(config))
-    images = views * (len(val_split) + test_images) + (networks - 1) * len(val_split)
-    return networks * (build_s + trace_s) + images * s_per_image + save_s
+    images = views * (val_images + test_images) + (networks - 1) * val_images
+    return networks * speed["build_and_trace_s"] + images * speed["s_per_image"] + speed["save_s"]
+
+
+def config_views(config):
+    """The test-time views `config` asks for: 1, 2 (flip) or 6 (flip + translate)."""
+    return len(tta_views(config))
+
+
+def with_views(config, views):
+    """`config` with `views` test-time views (1, 2 or 6); `config` itself where it asks for those."""
+    if views == config_views(config):
+        return config
+    return dataclasses.replace(config, tta=views > 1, tta_translate=views > 2)
+
+
+def choose_plan(config, budget_s, startup_s, epoch_s, finalise_s, study=budget_study.STUDY):
+    """(epochs, views, candidates) for `budget_s` seconds of the whole command: for each view count up to what
+    `config` asks for, the whole epochs that fit once start-up and that view count's finalising (`finalise_s`:
+    views -> seconds) are paid; the CNN recipe then takes the candidate the study expects to score highest on
+    validation (ties: fewer views, cheaper to serve); any other model keeps its own views. Expected scores are
+    non-decreasing in the epochs for each view count, so a larger budget never chooses a lower expectation."""
+    views_asked = config_views(config)
+    allowed = [v for v in budget_study.VIEWS if v <= views_asked] if config.model == "cnn" else [views_asked]
+    candidates = []
+    for views in allowed:
+        epochs = epochs_in_budget(budget_s - startup_s - finalise_s(views), epoch_s)
+        expected = budget_study.expected_top1(epochs, views, study) if config.model == "cnn" else None
+        candidates.append({"views": views, "epochs": epochs,
+                           "expected_val_top1": None if expected is None else round(expected, 2)})
+    best = max(candidates, key=lambda c: (c["expected_val_top1"] or 0.0, -c["views"]))
+    return best["epochs"], best["views"], candidates
 
 
 def plan_time_budget(plan, train_split, val_split, test_images, scope, started):
     """The plan of a run under `config.time_budget` minutes ({"minutes", "measured", "planned", "planned_epochs",
-    "measurement_s"}), for a command that started at time.perf_counter() `started`: measured once per run, a
-    resumed run reuses the first plan, so its schedule is the one it started with."""
+    "planned_views", "choice", "measurement_s"}), for a command that started at time.perf_counter() `started`:
+    measured once per run, a resumed run reuses the first plan, so its schedule is the one it started with."""
     saved = plan.paths["work"] / "time_budget.json"
     if plan.first_epoch and saved.exists():
         return json.loads(saved.read_text())
+    config = plan.config
     measuring = time.perf_counter()
-    speed = measure_epoch_time(plan.config, train_split, val_split, plan.global_batch_size, plan.learning_rate, scope)
-    finalise_s = measure_finalise_time(plan.config, val_split, test_images)
+    speed = measure_epoch_time(config, train_split, val_split, plan.global_batch_size, plan.learning_rate, scope)
+    finalise_speed = measure_finalise_time(config, val_split)
     now = time.perf_counter()
     # Start-up: what the command spent so far (these measurements included), and the run's own first-step tracing.
     startup_s = now - started + speed["start_s"]
     epoch_s = speed["train_s_per_epoch"] + speed["val_s_per_epoch"]
-    left_s = 60 * plan.config.time_budget - startup_s - finalise_s
-    epochs = epochs_in_budget(left_s, epoch_s)
-    if epochs * epoch_s > left_s:
-        print(f"fit: warning: one epoch takes longer than the {plan.config.time_budget:g} min budget leaves for "
+
+    def finalise_s(views):
+        return finalise_seconds(finalise_speed, config, views, len(val_split), test_images)
+
+    budget_s = 60 * config.time_budget
+    epochs, views, candidates = choose_plan(config, budget_s, startup_s, epoch_s, finalise_s)
+    if startup_s + epochs * epoch_s + finalise_s(views) > budget_s:
+        print(f"fit: warning: one epoch takes longer than the {config.time_budget:g} min budget leaves for "
               "training", flush=True)
-    budget = {"minutes": plan.config.time_budget,
-              "measured": {**{k: round(v, 3) for k, v in speed.items()}, "finalise_s": round(finalise_s, 3)},
-              "measurement_s": round(now - measuring, 1), "planned_epochs": epochs,
-              "planned": {"startup_s": round(startup_s, 1), "epochs": epochs, "s_per_epoch": round(epoch_s, 2),
-                          "finalise_s": round(finalise_s, 1),
-                          "wall_s": round(startup_s + epochs * epoch_s + finalise_s, 1)}}
+    budget = {"minutes": config.time_budget,
+              "measured": {**{k: round(v, 3) for k, v in speed.items()}, "finalise_s": round(finalise_s(views), 3),
+                           "finalise_s_per_view_count": {v: round(finalise_s(v), 1) for v in budget_study.VIEWS}},
+              "measurement_s": round(now - measuring, 1), "planned_epochs": epochs, "planned_views": views,
+              "choice": {"candidates": candidates,
+                         "why": ("the candidate (epochs that fit with each view count's finalising) the study "
+                                 "table cifar_keras/training/budget_study.py expects to score highest on validation")
+                         if config.model == "cnn" else "the most epochs that fit with the views the run asks for"},
+              "planned": {"startup_s": round(startup_s, 1), "epochs": epochs, "views": views,
+                          "s_per_epoch": round(epoch_s, 2), "finalise_s": round(finalise_s(views), 1),
+                          "wall_s": round(startup_s + epochs * epoch_s + finalise_s(views), 1)}}
     saved.write_text(json.dumps(budget))
     return budget
 
 
 def describe(budget):
-    """The start line of a run under a time budget: its planned split of the whole command's time."""
+    """The start line of a run under a time budget: its planned split of the whole command's time, and its views."""
     planned, measured = budget["planned"], budget["measured"]
-    return (f"fit: {budget['minutes']:g} min budget for the whole command (it sets the epochs, whatever --epochs "
-            f"says): start-up {planned['startup_s']:.0f} s + {planned['epochs']} epochs x {planned['s_per_epoch']:.1f} s "
-            f"({measured['train_s_per_epoch']:.1f} s training + {measured['val_s_per_epoch']:.1f} s validation) + "
-            f"finalising {planned['finalise_s']:.0f} s = {planned['wall_s']:.0f} s planned")
+    views = planned.get("views", 1)
+    return (f"fit: {budget['minutes']:g} min budget for the whole command (it sets the epochs and test-time views, "
+            f"whatever --epochs and --tta say): start-up {planned['startup_s']:.0f} s + {planned['epochs']} epochs x "
+            f"{planned['s_per_epoch']:.1f} s ({measured['train_s_per_epoch']:.1f} s training + "
+            f"{measured['val_s_per_epoch']:.1f} s validation) + finalising {planned['finalise_s']:.0f} s "
+            f"({views} view{'s' if views > 1 else ''}) = {planned['wall_s']:.0f} s planned")

@@ -1,0 +1,80 @@
+"""--time-budget's choice of epochs and test-time views: the study table is its records', the choice follows the
+table and the measured costs, and a larger budget never chooses a plan expected to score less."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cifar_keras.config import make_config
+from cifar_keras.training import budget, budget_study, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+# A made-up study: views add 1 and 2 points; 3 -> 5 epochs looks worse on validation (seed noise).
+STUDY = {1: ((40.0, 41.0, 42.0), ""), 3: ((60.0, 62.0, 63.0), ""), 5: ((58.0, 63.0, 64.0), "")}
+
+
+@pytest.mark.parametrize("epochs", sorted(budget_study.STUDY))
+def test_each_row_of_the_study_table_is_its_records(epochs):
+    scores, path = budget_study.STUDY[epochs]
+    record = json.loads((ROOT / path).read_text())
+    assert record["model"] == "cnn" and record["epochs"] == epochs
+    val = record["val"]
+    assert scores == (val["top1"], val["top1_flip_tta"], val["top1_flip_translate_tta"])
+
+
+@pytest.mark.parametrize("epochs, views, expected", [
+    (1, 1, 40.0), (2, 1, 50.0), (3, 6, 63.0), (4, 2, 62.5),
+    (5, 1, 60.0),  # 58 at 5 epochs is below 60 at 3: the column is made non-decreasing
+    (9, 6, 64.0),  # past the last row: that row's
+])
+def test_expected_top1_interpolates_a_non_decreasing_column(epochs, views, expected):
+    assert budget_study.expected_top1(epochs, views, STUDY) == pytest.approx(expected)
+
+
+def plan(minutes, model="cnn", finalise=None, **flags):
+    """choose_plan on a made-up machine: 30 s of start-up, 100 s an epoch; finalising 20 s a view."""
+    finalise = finalise or (lambda views: 20.0 * views)
+    return budget.choose_plan(make_config(model, **flags), 60 * minutes, 30.0, 100.0, finalise, STUDY)
+
+
+def test_the_plan_trades_an_epoch_for_views_only_where_the_study_says_it_pays():
+    # 6.5 min = 390 s: 360 s after start-up; 1 view: 3 epochs (60), 2 views: 3 (62), 6 views: 2 epochs (52.5).
+    epochs, views, candidates = plan(6.5)
+    assert (epochs, views) == (3, 2)
+    assert [(c["views"], c["epochs"], c["expected_val_top1"]) for c in candidates] == [
+        (1, 3, 60.0), (2, 3, 62.0), (6, 2, 52.5)]
+    # 8 min = 480 s: 6 views still leave 3 epochs (30 + 300 + 120 = 450 s): 63 beats 2 views' 4 epochs (62.5).
+    assert plan(8)[:2] == (3, 6)
+    # The views asked for are the most the plan may use; a model without a study keeps its own views.
+    assert plan(8, tta=True, tta_translate=False)[:2] == (4, 2)
+    assert plan(8, tta=False)[:2] == (4, 1)
+    assert plan(8, model="mlp")[:2] == (4, 1)
+
+
+@pytest.mark.parametrize("study", [STUDY, budget_study.STUDY])
+@pytest.mark.parametrize("finalise_per_view", [5.0, 60.0, 400.0])  # a fast machine to a slow one
+def test_a_larger_budget_never_chooses_a_lower_expectation(study, finalise_per_view):
+    if not all(row[0] for row in study.values()):
+        pytest.skip("a study row has no record yet")
+    expectations = []
+    for minutes in range(1, 240):
+        epochs, views, candidates = budget.choose_plan(make_config("cnn"), 60 * minutes, 30.0, 100.0,
+                                                       lambda v: finalise_per_view * v, study)
+        chosen = next(c for c in candidates if (c["epochs"], c["views"]) == (epochs, views))
+        assert chosen["expected_val_top1"] == max(c["expected_val_top1"] for c in candidates)
+        expectations.append(chosen["expected_val_top1"])
+    assert expectations == sorted(expectations)
+
+
+def test_a_budgeted_cnn_trains_and_saves_the_views_it_chose(data_root, tmp_path):
+    config = make_config("cnn", time_budget=0.4, batch_size=50, val_size=100, precision="float32",
+                         model_args=dict(widths=(8, 8, 8), stem_width=8))
+    record = fit.fit(config, data_dir=data_root, output_dir=tmp_path)
+    timing = record["time_budget"]
+    views = timing["planned_views"]
+    chosen = [c for c in timing["choice"]["candidates"] if c["views"] == views]
+    assert chosen and chosen[0]["epochs"] == record["epochs"] == timing["planned_epochs"]
+    assert [c["views"] for c in timing["choice"]["candidates"]] == [1, 2, 6]
+    assert (record["config"]["tta"], record["config"]["tta_translate"]) == (views > 1, views > 2)
+    assert record["views"] == views
