@@ -170,7 +170,7 @@ def test_a_chief_and_two_workers_run_every_trial_once_and_the_chief_alone_writes
     """Three processes as on three machines: the chief and two workers, each in its own tuning folder. Then `launch
     --workers 1` continues the search in the chief's folder (one machine, one folder) with one more trial."""
     oracle, names = f"127.0.0.1:{free_port()}", ["chief", "tuner0", "tuner1"]
-    processes = [subprocess.Popen([sys.executable, "-m", "cifar_keras", *TINY, "--max-trials", "4", "--data-dir",
+    processes = [subprocess.Popen([sys.executable, "-m", "cifar_keras", *TINY, "--max-trials", "2", "--data-dir",
                                    str(data_root), "--tuning-dir", str(tmp_path / name), "--tuner-id", name, "--oracle",
                                    oracle, "--oracle-timeout", "60", *(["--workers", "2"] if name == "chief" else [])],
                                   env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -188,33 +188,33 @@ def test_a_chief_and_two_workers_run_every_trial_once_and_the_chief_alone_writes
         assert sorted(p.name for p in (folder / "search").glob("trial_*")) == [f"trial_{i}" for i in sorted(ran[name])]
         assert all((folder / "search" / f"trial_{i}" / "checkpoint.weights.h5").is_file() for i in ran[name])
     # Every trial ran exactly once, in one worker or the other.
-    assert sorted(ran["tuner0"] + ran["tuner1"]) == ["0", "1", "2", "3"]
+    assert sorted(ran["tuner0"] + ran["tuner1"]) == ["0", "1"]
 
     # The chief trained nothing and wrote the summaries, once.
     chief_out = results[0][1]
-    assert chief_out.count("4 trials; best validation accuracy") == 1
+    assert chief_out.count("2 trials; best validation accuracy") == 1
     folder = tmp_path / "chief" / "mlp"
     assert sorted(p.name for p in folder.iterdir()) == ["best_hparams.json", "search", "search.json", "trials.json"]
     assert not list((folder / "search").glob("trial_*/checkpoint*"))
     trials = json.loads((folder / "trials.json").read_text())
-    assert [t["trial_id"] for t in trials] == ["0", "1", "2", "3"] and {t["status"] for t in trials} == {"COMPLETED"}
+    assert [t["trial_id"] for t in trials] == ["0", "1"] and {t["status"] for t in trials} == {"COMPLETED"}
     best = json.loads((folder / "best_hparams.json").read_text())
     assert best["val_accuracy"] == max(t["val_accuracy"] for t in trials)
     record = json.loads((folder / "search.json").read_text())
-    assert record["trials"] == 4 and record["distributed"] == {"oracle": oracle, "workers": 2, "trials_given": ran}
+    assert record["trials"] == 2 and record["distributed"] == {"oracle": oracle, "workers": 2, "trials_given": ran}
 
     # launch: the chief and a worker in the chief's folder. The worker runs the new trial, only it (no finished
     # trial again), and is told the search is over; the chief, waiting for it, finishes.
     launched = subprocess.Popen([sys.executable, "-m", "cifar_keras", "launch", "--workers", "1", "--", *TINY,
-                                 "--max-trials", "5", "--data-dir", str(data_root), "--tuning-dir",
+                                 "--max-trials", "3", "--data-dir", str(data_root), "--tuning-dir",
                                  str(tmp_path / "chief")],
                                 env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     [(_, out, _)] = finish([launched], ["launch"])
-    assert out.count("5 trials; best validation accuracy") == 1  # the chief's output
+    assert out.count("3 trials; best validation accuracy") == 1  # the chief's output
     trials = json.loads((folder / "trials.json").read_text())
-    assert [t["trial_id"] for t in trials] == ["0", "1", "2", "3", "4"]
+    assert [t["trial_id"] for t in trials] == ["0", "1", "2"]
     assert {t["status"] for t in trials} == {"COMPLETED"}
     given = json.loads((folder / "search.json").read_text())["distributed"]["trials_given"]
-    assert given == {"tuner0": ["4"]}
+    assert given == {"tuner0": ["2"]}
     assert list((folder / "search").glob("trial_*/checkpoint.weights.h5")) == [
-        folder / "search" / "trial_4" / "checkpoint.weights.h5"]
+        folder / "search" / "trial_2" / "checkpoint.weights.h5"]
