@@ -346,13 +346,13 @@ def test_bench_inference_times_every_format_and_each_precision_it_has(bf16):
 
 
 def test_bench_inference_times_and_records_each_row(keras_file, data_root, tmp_path, capsys):
-    """End to end on three of the rows (one subprocess each: every format's own runtime is exercised by the export
-    tests above): the .keras model, an export, and an int8 export."""
+    """End to end on four rows (one subprocess each: every format's own runtime is exercised by the export tests
+    above): an export and its int8 model, each as the single-view net and as the 6-view model it was saved as."""
     if missing:
         pytest.skip("deploy extra not installed")
     out = tmp_path / "inference.json"
     argv = ["bench", "--inference", "--model-file", str(keras_file), "--data-dir", str(data_root),
-            "--formats", "keras,litert", "--precisions", "float32,int8",
+            "--formats", "litert", "--precisions", "float32,int8", "--views", "1,6",
             "--calibration-images", "100", "--batch-size", "8", "--steps", "1", "--warmup", "1", "--latency-runs",
             "3", "--output", str(out)]
     assert cli.main(argv) == 0
@@ -360,12 +360,13 @@ def test_bench_inference_times_and_records_each_row(keras_file, data_root, tmp_p
     record = json.loads(out.read_text())
     assert record["kind"] == "bench_inference" and record["command"].startswith("python -m cifar_keras bench")
     assert "cpu_features" in record["hardware"]
-    rows = [(r["format"], r["precision"]) for r in record["results"]]
-    assert rows == [("keras", "float32"), ("litert", "float32"), ("litert", "int8")]
+    rows = [(r["views"], r["format"], r["precision"]) for r in record["results"]]
+    assert rows == [(1, "litert", "float32"), (1, "litert", "int8"), (6, "litert", "float32"), (6, "litert", "int8")]
     for r in record["results"]:
         assert r["latency_ms_p99"] >= r["latency_ms_median"] > 0 and r["throughput_images_per_s"] > 0, r
         assert r["size_mb"] > 0
     assert printed.count("\n| ") == len(rows) + 1  # header and one line per row
+    assert "\n| 1 | litert | " in printed and "\n| 6 | litert | " in printed
 
 
 def test_openvino_bfloat16_is_not_offered_under_an_avx2_limit(monkeypatch):

@@ -46,6 +46,9 @@ def add_parser(sub):
     inference.add_argument("--model-file", help="the .keras model (default: saved_models/MODEL.keras)")
     inference.add_argument("--formats", default="keras,saved_model,onnx,litert,openvino",
                            help="comma-separated (default: keras,saved_model,onnx,litert,openvino)")
+    inference.add_argument("--views", help="comma-separated view counts to time the model with (1: its single-view "
+                           "net, 2: flip, 6: flip + translate), each exported as `export --views` ships it "
+                           "(default: the model as saved)")
     inference.add_argument("--latency-runs", type=positive_int, default=200,
                            help="timed batch-1 calls (default 200)")
     inference.add_argument("--calibration-images", type=positive_int, default=500,
@@ -78,12 +81,13 @@ def run_inference(args, argv):
     formats = comma_list("--formats", args.formats, bench.INFERENCE_FORMATS)
     precisions = comma_list("--precisions", args.precisions or "float32,int8,bfloat16", bench.INFERENCE_PRECISIONS)
     model_file = args.model_file or f"saved_models/{args.model}.keras"
+    views = None if args.views is None else [int(v) for v in comma_list("--views", args.views, ("1", "2", "6"))]
     bench.check_inference_runtimes(formats, "int8" in precisions)  # before loading any data: fail fast
     calibration = None
     if "int8" in precisions and set(INT8_FORMATS) & set(formats):
         calibration = calibration_images(args.data_dir, args.calibration_images)
     results = bench.run_inference(model_file, formats, precisions, args.batch_size, args.steps, args.warmup,
-                                  args.latency_runs, calibration, args.threads)
+                                  args.latency_runs, calibration, args.threads, views=views)
     record = run_record("bench_inference", argv, model_file=model_file, batch_size=args.batch_size, steps=args.steps,
                         warmup=args.warmup, latency_runs=args.latency_runs,
                         calibration_images=args.calibration_images, results=results)

@@ -313,48 +313,63 @@ def check_inference_runtimes(formats, int8):
 
 
 def run_inference(model_file, formats=INFERENCE_FORMATS, precisions=INFERENCE_PRECISIONS, batch_size=256, steps=20,
-                  warmup=3, latency_runs=200, calibration=None, threads=None, workdir=None):
+                  warmup=3, latency_runs=200, calibration=None, threads=None, workdir=None, views=None):
     """Export `model_file` to every format in `formats` (int8 too, calibrated on `calibration` images, when
     `precisions` has int8) into `workdir`, then time each (format, precision) in its own process, one after
-    the other: only that runtime is loaded and nothing else competes for the CPU. Failures are recorded."""
+    the other: only that runtime is loaded and nothing else competes for the CPU. With `views` (view counts), the
+    same for the net averaged over each view count, as `export --views` ships it. Failures are recorded."""
     import tempfile
     from pathlib import Path
 
     from cifar_keras import models
     from cifar_keras.deploy import runtimes
-    from cifar_keras.deploy.export import INT8_FORMATS, artifacts, export_model
+    from cifar_keras.deploy.export import INT8_FORMATS, artifacts, export_model, views_of, with_views
 
     int8 = "int8" in precisions and any(fmt in INT8_FORMATS for fmt in formats)
     check_inference_runtimes(formats, int8)
     rows = inference_rows(formats, precisions, "bfloat16" in precisions and "openvino" in formats
                           and runtimes.openvino_bf16_available())
-    model = models.load_keras_model(model_file)
+    saved = models.load_keras_model(model_file)
     results = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        paths = {("keras", "float32"): Path(model_file)}
-        for fmt in formats:
-            if fmt == "keras":
-                continue
-            print(f"bench: exporting {fmt} ...", file=sys.stderr, flush=True)
-            target = export_model(model, tmp, fmt, 1, fmt, calibration if int8 and fmt in INT8_FORMATS else None)
-            for path, precision in artifacts(target, fmt):
-                paths[(fmt, precision)] = path
-            if fmt == "openvino":
-                paths[("openvino", "bfloat16")] = paths[("openvino", "float32")]
-        for fmt, precision in rows:
-            path = paths[(fmt, precision)]
-            args = [sys.executable, "-m", "cifar_keras.reporting.bench", "--inference", str(path), precision,
-                    str(batch_size), str(steps), str(warmup), str(latency_runs), str(threads or 0)]
-            print(f"bench: {fmt} {precision} ...", file=sys.stderr, flush=True)
-            try:
-                result = run_json(args)
-            except Failed as e:
-                result = {"format": fmt, "precision": precision, "error": str(e)}
-            result["size_mb"] = round(size_bytes(path) / 1e6, 2)
-            result["threads"] = threads or ("os.cpu_count()" if fmt == "litert" else "runtime default")
-            results.append(result)
-            print(f"bench: {result}", file=sys.stderr, flush=True)
+        for count in views or [None]:
+            model = with_views(saved, count)
+            shipped = views_of(model)
+            folder = Path(tmp) / f"views_{shipped}"
+            folder.mkdir()
+            keras_file = Path(model_file) if count is None else folder / "model.keras"
+            if count is not None:
+                model.save(keras_file)
+            paths = {("keras", "float32"): keras_file}
+            for fmt in formats:
+                if fmt == "keras":
+                    continue
+                print(f"bench: exporting {fmt} ({shipped} views) ...", file=sys.stderr, flush=True)
+                target = export_model(model, folder, fmt, 1, fmt, calibration if int8 and fmt in INT8_FORMATS else None)
+                for path, precision in artifacts(target, fmt):
+                    paths[(fmt, precision)] = path
+                if fmt == "openvino":
+                    paths[("openvino", "bfloat16")] = paths[("openvino", "float32")]
+            for fmt, precision in rows:
+                results.append(time_row(paths[(fmt, precision)], fmt, precision, shipped, batch_size, steps, warmup,
+                                        latency_runs, threads))
     return results
+
+
+def time_row(path, fmt, precision, views, batch_size, steps, warmup, latency_runs, threads):
+    """One row of `bench --inference`: the model at `path` timed in a process of its own."""
+    args = [sys.executable, "-m", "cifar_keras.reporting.bench", "--inference", str(path), precision,
+            str(batch_size), str(steps), str(warmup), str(latency_runs), str(threads or 0)]
+    print(f"bench: {fmt} {precision} ({views} views) ...", file=sys.stderr, flush=True)
+    try:
+        result = run_json(args)
+    except Failed as e:
+        result = {"format": fmt, "precision": precision, "error": str(e)}
+    result["views"] = views
+    result["size_mb"] = round(size_bytes(path) / 1e6, 2)
+    result["threads"] = threads or ("os.cpu_count()" if fmt == "litert" else "runtime default")
+    print(f"bench: {result}", file=sys.stderr, flush=True)
+    return result
 
 
 def inference_table(record):
@@ -365,13 +380,14 @@ def inference_table(record):
              f"side by side by `{record['command']}`: batch-1 latency over {record['latency_runs']} calls, batch-"
              f"{record['batch_size']} throughput over {record['steps']} calls, after {record['warmup']} warm-up calls "
              "of each; int8 calibrated on training images.", "",
-             f"| Format | Runtime | Precision | Size (MB) | Batch-1 latency median (ms) | p99 (ms) | "
-             f"Batch-{record['batch_size']} images/s |", "|---|---|---|---|---|---|---|"]
+             f"| Views | Format | Runtime | Precision | Size (MB) | Batch-1 latency median (ms) | p99 (ms) | "
+             f"Batch-{record['batch_size']} images/s |", "|---|---|---|---|---|---|---|---|"]
     for r in record["results"]:
+        views = r.get("views", "as saved")  # records before --views
         if "error" in r:
-            lines.append(f"| {r['format']} | | {r['precision']} | {r['size_mb']} | failed: {r['error']} | | |")
+            lines.append(f"| {views} | {r['format']} | | {r['precision']} | {r['size_mb']} | failed: {r['error']} | | |")
         else:
-            lines.append(f"| {r['format']} | {r['runtime']} | {r['precision']} | {r['size_mb']} | "
+            lines.append(f"| {views} | {r['format']} | {r['runtime']} | {r['precision']} | {r['size_mb']} | "
                          f"{r['latency_ms_median']:.2f} | {r['latency_ms_p99']:.2f} | "
                          f"{r['throughput_images_per_s']:.0f} |")
     return "\n".join(lines) + "\n"
