@@ -74,7 +74,9 @@ class RunConfig:
                                  low=0)
     time_budget: float = option(CNN["time_budget"], "schedule", "minutes for the whole command (start-up, "
                                 "training, validation, TTA, calibration, test, saving): times the first training and "
-                                "inference steps on this machine, then sets --epochs (and so the schedule) to fit",
+                                "inference steps on this machine, then sets --epochs (and so the schedule) to fit; for the cnn "
+                                "also the test-time views (at most those --tta asks for), the pair the recipe study "
+                                "expects to score best in that time",
                                 kind=float, low=0.1)
 
     crop_pad: int = option(CNN["crop_pad"], "augmentation", "random-crop padding in pixels (0: no crop)",

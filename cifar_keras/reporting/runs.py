@@ -29,6 +29,10 @@ ABLATION_TABLES = (
     ("study/robust_screen", "base", "Robust-training screening on top of Muon (10,000 training images, 3 epochs: "
                                     "only to pick the candidate for a full-scale run; corruption scores in "
                                     "[robustness.md](robustness.md))"),
+    ("study/budget", "cnn_e4", "Short budgets, round 4: the `cnn` recipe trained for 1, 2 and 4 epochs (what "
+                               "`--time-budget` trains on slower CPUs; the table it chooses from: "
+                               "[recipe-study.md](recipe-study.md#round-4-short-budgets-views-and-jpeg)), and JPEG "
+                               "re-encoding at 4 epochs (bfloat16, AMD EPYC without AMX)"),
 )
 
 # The views a model averages its prediction over, by `evaluate --tta` kind.
