@@ -68,7 +68,7 @@ def test_a_larger_budget_never_chooses_a_lower_expectation(study, finalise_per_v
 
 
 def test_a_budgeted_cnn_trains_and_saves_the_views_it_chose(data_root, tmp_path):
-    config = make_config("cnn", time_budget=0.4, batch_size=50, val_size=100, precision="float32",
+    config = make_config("cnn", time_budget=0.1, batch_size=50, val_size=100, precision="float32",
                          model_args=dict(widths=(8, 8, 8), stem_width=8))
     record = fit.fit(config, data_dir=data_root, output_dir=tmp_path)
     timing = record["time_budget"]

@@ -3,9 +3,11 @@
 from pathlib import Path
 
 from cifar_keras import config as run_config
+from cifar_keras.cli import backend
 from cifar_keras.cli.common import (add_data_dir, command_line, json_object, non_negative_int, positive_int,
                                    positive_seconds, reject_without)
 from cifar_keras.config import MODEL_NAMES
+from cifar_keras.errors import UserError
 from cifar_keras.distributed import multiworker
 from cifar_keras.distributed.cluster import DEFAULT_TIMEOUT as CLUSTER_TIMEOUT, resolve_cluster
 
@@ -30,6 +32,11 @@ def add_parser(sub):
                                  "(see models/builders.py); they replace the recipe's and the tuned ones: '{}' builds "
                                  "the builder's defaults")
     add_data_dir(groups["data"])
+    groups["hardware"].add_argument(
+        "--backend", choices=backend.CHOICES,
+        help="Keras backend to train on (default: KERAS_BACKEND, else tensorflow); auto: time a few training steps "
+        "on each installed backend, side by side, and train on the fastest (about a minute per backend for the "
+        "cnn; recorded as backend_probe). The saved model is the same on every backend")
     run_config.add_run_options(parser, groups, FIT_OPTIONS)
     groups["output"].add_argument("--output-dir", default="saved_models",
                                   help="where the model and records go (default: saved_models)")
@@ -81,6 +88,11 @@ def resolve_hparams(option, model):
 
 
 def run(args, argv):
+    if args.backend is not None and args.distribute == "multiworker":
+        raise UserError("--backend: a cluster's processes run on JAX (KERAS_BACKEND=jax), not chosen per process")
+    status = backend.run_elsewhere(args, argv)
+    if status is not None:  # trained on another backend, in a process of its own
+        return status
     import keras
 
     from cifar_keras import models
@@ -97,7 +109,7 @@ def run(args, argv):
     team = multiworker.join(config, cluster) if cluster else None
     record = training.fit(config, data_dir=args.data_dir, output_dir=args.output_dir, name=args.name,
                           command=command_line(argv), hparams=provenance, extra_callbacks=callbacks, team=team,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, record_extra={"backend_probe": backend.probe_of_this_run()})
     if record is None:  # a process other than 0 of a cluster
         print(f"process {cluster.process_id} of {cluster.num_processes}: training done; process 0 writes the model "
               "and the run record")

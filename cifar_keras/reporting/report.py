@@ -31,10 +31,10 @@ def results_body(records_dir, tuning_dir, analysis):
     """The results page's generated part: tables of every record, then `analysis` (figures)."""
     records_dir = Path(records_dir)
     benches = [tables.bench_table(path) for path in sorted(records_dir.glob("bench*.json"))]
-    if (records_dir / "inference.json").is_file():  # bench --inference
+    for path in sorted(records_dir.glob("inference*.json")):  # bench --inference (--views)
         from cifar_keras.reporting.bench import inference_table
 
-        benches.append(inference_table(records.read(records_dir / "inference.json")).strip())
+        benches.append(inference_table(records.read(path)).strip())
     tuning = tables.tuning_tables(tuning_dir)
     sections = [
         "Each row is a run record written by the command in its last column; the test set was evaluated once, at "

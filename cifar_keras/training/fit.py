@@ -116,12 +116,13 @@ def announce(plan, hparams, train_split):
 
 
 def fit(config, data_dir=None, output_dir="saved_models", name=None, command=None, hparams=None,
-        extra_callbacks=(), team=None, overwrite=False):
+        extra_callbacks=(), team=None, overwrite=False, record_extra=None):
     """Train as `config` (a RunConfig) says; write <name>.keras, <name>.json (run record) and <name>.log.csv in
     `output_dir`, or, when a finished run of that name is there, in output_dir/runs/<name>-N/ (unless
     `overwrite`).
 
     hparams: provenance of the tuned hyperparameters in `config` ({"path", "sha256"}), None if built-in.
+    record_extra: more fields for the run record (e.g. the probe that chose the backend); None values are left out.
     team: with --distribute multiworker, this process's distributed.team.Team (multiworker.join); it trains as its
     place in the cluster says, process 0 writes the files and returns the record, the others return None.
     """
@@ -164,6 +165,7 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
     record["val_split"] = data.describe_split(dataset.train.fine, config.val_size)  # what evaluate --split val re-carves
     if precision_probe:
         record["precision_probe"] = precision_probe
+    record.update({key: value for key, value in (record_extra or {}).items() if value is not None})
     records.write(paths["record"], record)
     shutil.rmtree(paths["work"], ignore_errors=True)
     return record
