@@ -109,6 +109,14 @@ def environment():
     }
 
 
+def onednn_allows_bf16():
+    """Whether ONEDNN_MAX_CPU_ISA (which TensorFlow's, PyTorch's and OpenVINO's oneDNN obey) leaves bfloat16
+    instructions usable: unset, ALL, or a limit that names BF16 or AMX. A limit such as AVX2 on an AVX512-BF16 or
+    AMX CPU (a stand-in for an AVX2-only CPU) does not."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return not limit or limit == "ALL" or "BF16" in limit or "AMX" in limit
+
+
 def resolve_precision(choice="auto"):
     """Keras dtype policy for `choice`; auto: float16 on GPUs, bfloat16 on CPUs with AMX, else float32 (where
     `fit` may still choose bfloat16 by a probe: training/precision.py).
@@ -121,7 +129,7 @@ def resolve_precision(choice="auto"):
         return POLICIES[choice]
     if gpus():
         return "mixed_float16"
-    if "amx_bf16" in cpu_flags():
+    if "amx_bf16" in cpu_flags() and onednn_allows_bf16():
         return "mixed_bfloat16"
     return "float32"
 

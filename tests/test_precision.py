@@ -48,6 +48,22 @@ def test_only_auto_on_a_cpu_with_avx512_bf16_and_no_amx_is_probed(flags, gpus, c
     assert precision.needs_probe(make_config("mlp", precision=choice, distribute="mirrored")) is False
 
 
+@pytest.mark.parametrize("limit, probed, amx_policy", [(None, True, "mixed_bfloat16"), ("ALL", True, "mixed_bfloat16"),
+                                                       ("AVX2", False, "float32"), ("AVX512_CORE", False, "float32"),
+                                                       ("AVX512_CORE_BF16", True, "mixed_bfloat16"),
+                                                       ("AVX512_CORE_AMX", True, "mixed_bfloat16")])
+def test_a_onednn_limit_without_bfloat16_leaves_float32(limit, probed, amx_policy, cpu_without_amx, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 on such a CPU stands in for an AVX2-only one: no bfloat16 to probe, or to pick with
+    AMX."""
+    if limit is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    assert precision.needs_probe(make_config("mlp")) is probed
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: NO_AMX | {"amx_bf16"})
+    assert hardware.resolve_precision("auto") == amx_policy
+
+
 @pytest.mark.parametrize("speeds, policy", [({"float32": 100.0, "bfloat16": 156.0}, "mixed_bfloat16"),
                                             ({"float32": 166.0, "bfloat16": 103.0}, "float32")])
 def test_fit_trains_in_the_faster_precision_and_records_the_probe(speeds, policy, cpu_without_amx, data_root,

@@ -157,8 +157,9 @@ LOADERS = {"keras": _keras, "saved_model": _saved_model, "onnx": _onnx, "litert"
 def openvino_bf16_available():
     """Whether OpenVINO can run bfloat16 here: the CPU says so, and ONEDNN_MAX_CPU_ISA (which OpenVINO's oneDNN
     obeys too) does not limit it to instructions without bfloat16, e.g. AVX2 on an AVX512-BF16 CPU."""
-    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if limit and limit != "ALL" and "BF16" not in limit and "AMX" not in limit:
+    from cifar_keras.hardware import onednn_allows_bf16
+
+    if not onednn_allows_bf16():
         return False
     try:
         import openvino as ov

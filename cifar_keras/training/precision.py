@@ -21,10 +21,11 @@ PROBE_STEPS, PROBE_WARMUP = 6, 2  # timed steps and untimed warm-up steps (compi
 
 def needs_probe(config):
     """Whether `config` leaves the precision to a probe: --precision auto, one device, a CPU with AVX512-BF16
-    and no AMX (a cluster's processes would have to agree on one choice: they keep float32)."""
+    and no AMX, whose bfloat16 instructions ONEDNN_MAX_CPU_ISA leaves usable (a cluster's processes would have to
+    agree on one choice: they keep float32)."""
     flags = hardware.cpu_flags()
     return (config.precision == "auto" and config.distribute == "none" and not hardware.gpus()
-            and "avx512_bf16" in flags and "amx_bf16" not in flags)
+            and "avx512_bf16" in flags and "amx_bf16" not in flags and hardware.onednn_allows_bf16())
 
 
 def measure(config, train_split, batch_size, learning_rate):
