@@ -101,9 +101,12 @@ def environment():
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = getattr(module, "__version__", "?")
+    hardware = {"cpu": cpu_model(), "cores": os.cpu_count(), "gpus": gpus(),
+                "cpu_features": sorted(cpu_flags() & REPORTED_CPU_FEATURES)}
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # oneDNN held to fewer instructions than the CPU has (a stand-in)
+        hardware["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
     return {
-        "hardware": {"cpu": cpu_model(), "cores": os.cpu_count(), "gpus": gpus(),
-                     "cpu_features": sorted(cpu_flags() & REPORTED_CPU_FEATURES)},
+        "hardware": hardware,
         "backend": keras.backend.backend(),
         "versions": versions,
     }

@@ -117,6 +117,18 @@ def test_cpu_class_says_what_decides_the_speed():
     assert cpu("avx2", "avx512_bf16", "avx512f", name="AMD EPYC") == "AMD EPYC, 2 cores: AVX-512, no AMX"
     assert cpu("avx2", name="AMD EPYC") == "AMD EPYC, 2 cores: AVX2 only"
     assert cpu() == "Intel Xeon Processor, 2 cores: features not recorded"
+    limited = {"cpu": "AMD EPYC", "cores": 2, "gpus": [], "cpu_features": ["avx2", "avx512f"],
+               "onednn_max_cpu_isa": "AVX2"}
+    assert tables.cpu_class(limited) == "AMD EPYC, 2 cores: AVX-512, no AMX, oneDNN limited to AVX2"
+
+
+def test_a_record_states_a_onednn_limit(monkeypatch):
+    from cifar_keras import hardware
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert "onednn_max_cpu_isa" not in hardware.environment()["hardware"]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert hardware.environment()["hardware"]["onednn_max_cpu_isa"] == "AVX2"
 
 
 def test_report_is_idempotent(project, capsys):

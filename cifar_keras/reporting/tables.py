@@ -62,6 +62,8 @@ def cpu_class(hardware):
         kind = "AVX-512, no AMX"
     else:
         kind = "AVX2 only" if "avx2" in features else "no AVX2"
+    if hardware.get("onednn_max_cpu_isa"):
+        kind += f", oneDNN limited to {hardware['onednn_max_cpu_isa']}"
     return f"{hardware['cpu'].replace('(R)', '')}, {hardware['cores']} cores: {kind}"
 
 
