@@ -344,7 +344,8 @@ def run_inference(model_file, formats=INFERENCE_FORMATS, precisions=INFERENCE_PR
             for fmt in formats:
                 if fmt == "keras":
                     continue
-                print(f"bench: exporting {fmt} ({shipped} views) ...", file=sys.stderr, flush=True)
+                print(f"bench: exporting {fmt} ({shipped} view{'s' if shipped > 1 else ''}) ...", file=sys.stderr,
+                      flush=True)
                 target = export_model(model, folder, fmt, 1, fmt, calibration if int8 and fmt in INT8_FORMATS else None)
                 for path, precision in artifacts(target, fmt):
                     paths[(fmt, precision)] = path
@@ -360,7 +361,7 @@ def time_row(path, fmt, precision, views, batch_size, steps, warmup, latency_run
     """One row of `bench --inference`: the model at `path` timed in a process of its own."""
     args = [sys.executable, "-m", "cifar_keras.reporting.bench", "--inference", str(path), precision,
             str(batch_size), str(steps), str(warmup), str(latency_runs), str(threads or 0)]
-    print(f"bench: {fmt} {precision} ({views} views) ...", file=sys.stderr, flush=True)
+    print(f"bench: {fmt} {precision} ({views} view{'s' if views > 1 else ''}) ...", file=sys.stderr, flush=True)
     try:
         result = run_json(args)
     except Failed as e:
