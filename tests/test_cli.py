@@ -179,6 +179,7 @@ def test_no_test_leaves_the_test_set_unseen(data_root, tmp_path, monkeypatch, ca
     ({"avx2"}, ["GPU 0"], "mixed_float16"),
 ])
 def test_auto_precision_follows_the_hardware(flags, gpus, policy, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
     monkeypatch.setattr(hardware, "gpus", lambda: gpus)
     assert hardware.resolve_precision("auto") == policy

@@ -19,6 +19,7 @@ NO_AMX = {"avx2", "avx512f", "avx512_bf16"}
 def cpu_without_amx(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: NO_AMX)
     monkeypatch.setattr(hardware, "gpus", lambda: [])
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # the machine's own instructions, not a stand-in's
 
 
 def fake_speeds(monkeypatch, speeds):
@@ -42,6 +43,7 @@ def fake_speeds(monkeypatch, speeds):
     (NO_AMX, [], "float32", False),  # asked for
 ])
 def test_only_auto_on_a_cpu_with_avx512_bf16_and_no_amx_is_probed(flags, gpus, choice, probed, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
     monkeypatch.setattr(hardware, "gpus", lambda: gpus)
     assert precision.needs_probe(make_config("mlp", precision=choice)) is probed
