@@ -19,7 +19,8 @@ def training_data(split, config, batch_size, first_epoch=0, epochs=None):
     return train_batches(split, batch_size, seed=config.seed, first_epoch=first_epoch,
                          epochs=config.epochs if epochs is None else epochs,
                          crop_pad=config.crop_pad, flip=config.flip, cutout_size=config.cutout_size,
-                         noise=config.noise, jpeg=config.jpeg, low_res=config.low_res, low_res_epochs=config.low_res_epochs)
+                         noise=config.noise, jpeg=config.jpeg, low_res=config.low_res,
+                         low_res_epochs=config.low_res_epochs)
 
 
 def validation_batches(split, plan):

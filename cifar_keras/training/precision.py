@@ -53,6 +53,7 @@ def choose(config, paths, train_split, batch_size, learning_rate, first_epoch):
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(probe))
     speeds = probe["images_per_s"]
-    print(f"fit: --precision auto on a CPU with AVX512-BF16 and no AMX: {' vs '.join(f'{p} {s:g}' for p, s in speeds.items())} "
+    timed = " vs ".join(f"{p} {s:g}" for p, s in speeds.items())
+    print(f"fit: --precision auto on a CPU with AVX512-BF16 and no AMX: {timed} "
           f"training images/s over {probe['steps']} steps: training in {probe['chosen']}", flush=True)
     return probe["chosen"], probe
