@@ -136,11 +136,12 @@ def plan_time_budget(plan, train_split, val_split, test_images, scope, started):
 
     budget_s = 60 * config.time_budget / MARGIN
     epochs, views, candidates = choose_plan(config, budget_s, startup_s, epoch_s, finalise_s)
-    if startup_s + epochs * epoch_s + finalise_s(views) > budget_s:
+    finalise_planned_s = finalise_s(views)
+    if startup_s + epochs * epoch_s + finalise_planned_s > budget_s:
         print(f"fit: warning: one epoch takes longer than the {config.time_budget:g} min budget leaves for "
               "training", flush=True)
     budget = {"minutes": config.time_budget,
-              "measured": {**{k: round(v, 3) for k, v in speed.items()}, "finalise_s": round(finalise_s(views), 3),
+              "measured": {**{k: round(v, 3) for k, v in speed.items()}, "finalise_s": round(finalise_planned_s, 3),
                            "finalise_s_per_view_count": {v: round(finalise_s(v), 1) for v in budget_study.VIEWS}},
               "measurement_s": round(now - measuring, 1), "planned_epochs": epochs, "planned_views": views,
               "choice": {"candidates": candidates,
@@ -148,8 +149,8 @@ def plan_time_budget(plan, train_split, val_split, test_images, scope, started):
                                  "table cifar_keras/training/budget_study.py expects to score highest on validation")
                          if config.model == "cnn" else "the most epochs that fit with the views the run asks for"},
               "planned": {"startup_s": round(startup_s, 1), "epochs": epochs, "views": views,
-                          "s_per_epoch": round(epoch_s, 2), "finalise_s": round(finalise_s(views), 1),
-                          "wall_s": round(startup_s + epochs * epoch_s + finalise_s(views), 1)}}
+                          "s_per_epoch": round(epoch_s, 2), "finalise_s": round(finalise_planned_s, 1),
+                          "wall_s": round(startup_s + epochs * epoch_s + finalise_planned_s, 1)}}
     saved.write_text(json.dumps(budget))
     return budget
 
