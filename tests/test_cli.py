@@ -486,6 +486,33 @@ def test_progressive_resizing_trains_small_first_and_saves_a_32_pixel_model(data
     assert compute["training_flops"] == 3 * (2 * 500 * small + 500 * full)
 
 
+class StopAtPhase(keras.callbacks.Callback):
+    """Interrupts a run as its second fit (the full-size epochs of progressive resizing) begins."""
+
+    def __init__(self):
+        super().__init__()
+        self.fits = 0
+
+    def on_train_begin(self, logs=None):
+        self.fits += 1
+        if self.fits == 2:
+            raise KeyboardInterrupt
+
+
+def test_progressive_resizing_resumes_between_its_phases_as_an_uninterrupted_run(data_root, tmp_path):
+    """Stopped after the low-resolution epochs, before the first full-size one: the rerun starts from the backup
+    of the last low-resolution epoch and ends with the weights of a run that was never stopped."""
+    config = make_config("cnn", epochs=3, low_res=16, low_res_epochs=2, batch_size=50, val_size=100, ema=0.0,
+                         precision="float32", tta=False, test_set=False, model_args=dict(widths=(8, 8, 8)))
+    fit.fit(config, data_dir=data_root, output_dir=tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        fit.fit(config, data_dir=data_root, output_dir=tmp_path / "resumed", extra_callbacks=[StopAtPhase()])
+    resumed = fit.fit(config, data_dir=data_root, output_dir=tmp_path / "resumed")
+    assert resumed["resumed"] and resumed["epochs"] == 3
+    for a, b in zip(weights_of(tmp_path / "straight" / "cnn.keras"), weights_of(tmp_path / "resumed" / "cnn.keras")):
+        assert np.allclose(a, b, atol=1e-5)
+
+
 def test_progressive_resizing_needs_a_convolutional_model(data_root, tmp_path, capsys):
     argv = ["fit", "mlp", *QUICK, "--low-res", "16", "--low-res-epochs", "1", "--hparams", "none",
             "--data-dir", str(data_root), "--output-dir", str(tmp_path)]

@@ -159,6 +159,13 @@ def test_low_res_epochs_are_area_downscaled_then_full_size(split):
         np.testing.assert_allclose(x_small, blocks, atol=1e-3)
     for (x, _), (x_small, _) in zip(plain[2:], small[2:]):
         assert (x == x_small).all()
+    # Each size's epochs on their own have a static shape (a graph traced for them knows its height and width).
+    options = dict(seed=3, crop_pad=0, flip=False, low_res=16, low_res_epochs=1)
+    assert train_batches(split, 32, epochs=1, **options).element_spec[0].shape == (32, 16, 16, 3)
+    assert train_batches(split, 32, first_epoch=1, epochs=2, **options).element_spec[0].shape == (32, 32, 32, 3)
+    later = batches(train_batches(split, 32, first_epoch=1, epochs=2, **options))
+    for (x, _), (x_later, _) in zip(small[2:], later):  # epoch 1 alone is epoch 1 of the whole run
+        assert (x == x_later).all()
 
 
 def smooth_images(n, seed=0):

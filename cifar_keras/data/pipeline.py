@@ -76,8 +76,8 @@ def jpeg_reencode(images, min_quality, seed):
 
 def augment(images, seed, crop_pad=4, flip=True, cutout_size=0, noise=0.0, size=None, jpeg=0):
     """The training augmentations of uint8 `images`, as float32 0-255; downscaled to `size` x `size` pixels
-    (area averaging, before the noise, as a smaller photo's pixels would be) where `size` (an int tensor) is
-    smaller than the images."""
+    (area averaging, before the noise, as a smaller photo's pixels would be) where `size` (an int) is smaller
+    than the images."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
     if crop_pad:
         images = random_crop(images, crop_pad, seeds[0])
@@ -88,10 +88,8 @@ def augment(images, seed, crop_pad=4, flip=True, cutout_size=0, noise=0.0, size=
     if jpeg:  # its own key, so that the other augmentations draw what they drew before the option existed
         images = jpeg_reencode(images, jpeg, tf.random.experimental.stateless_fold_in(seed, 4))
     images = tf.cast(images, tf.float32)
-    if size is not None:
-        full = images.shape[1]
-        images = tf.cond(size < full, lambda: tf.image.resize(images, tf.stack([size, size]), method="area"),
-                         lambda: images)
+    if size and size < images.shape[1]:
+        images = tf.image.resize(images, [size, size], method="area")
     if noise:
         images = gaussian_noise(images, noise, seeds[3])
     return images
@@ -102,7 +100,9 @@ def train_batches(split, batch_size, seed=0, first_epoch=0, epochs=1, crop_pad=4
     """Shuffled, augmented training batches (images float32 0-255, one-hot labels) of epochs [first_epoch, epochs).
 
     With `low_res`, the images of the first `low_res_epochs` epochs are downscaled to low_res x low_res
-    pixels (progressive resizing): the batches' height and width are then unknown until run time.
+    pixels (progressive resizing). Each epoch's batches have a static shape; a dataset whose epochs span both
+    sizes has batches of unknown height and width, so a run trains each size's epochs from a dataset of their
+    own (training/inputs.py, `phases`) and traces a static graph for each.
 
     Epoch e's order and augmentation depend only on (seed, e), not on how many times the
     data was iterated before, so a run resumed at epoch e sees exactly the batches an
@@ -112,21 +112,29 @@ def train_batches(split, batch_size, seed=0, first_epoch=0, epochs=1, crop_pad=4
     images, labels = tf.constant(split.images), tf.constant(split.fine)
     steps = len(split) // batch_size
 
-    def epoch_batches(epoch):
+    def epoch_batches(epoch, size):
         order = tf.random.experimental.stateless_shuffle(tf.range(len(split)), seed=tf.stack([seed, epoch]))
         batches = tf.reshape(order[: steps * batch_size], [steps, batch_size])
 
         def make_batch(step, index):
             key = tf.stack([tf.constant(seed, tf.int64), epoch * steps + step])
-            size = tf.where(epoch < low_res_epochs, low_res, images.shape[1]) if low_res else None
             batch = augment(tf.gather(images, index), key, crop_pad, flip, cutout_size, noise, size, jpeg)
             return batch, tf.one_hot(tf.gather(labels, index), NUM_CLASSES)
 
         return tf.data.Dataset.from_tensor_slices(batches).enumerate().map(
             make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    epochs_ds = tf.data.Dataset.range(first_epoch, epochs)
-    return epochs_ds.flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE)
+    def epoch_range(first, last, size=None):
+        return tf.data.Dataset.range(first, last).flat_map(lambda epoch: epoch_batches(epoch, size))
+
+    low_res_end = min(low_res_epochs, epochs) if low_res else first_epoch
+    if first_epoch >= low_res_end:
+        batches = epoch_range(first_epoch, epochs)
+    elif low_res_end == epochs:
+        batches = epoch_range(first_epoch, epochs, low_res)
+    else:
+        batches = epoch_range(first_epoch, low_res_end, low_res).concatenate(epoch_range(low_res_end, epochs))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def make_dataset(split, batch_size):

@@ -20,7 +20,7 @@ from cifar_keras.training import run_folder
 from cifar_keras.training.callbacks import (EpochTimer, ResumedEarlyStopping, WallTimeEstimate, WeightAverage,
                                             verbosity)
 from cifar_keras.training.finalise import finalise
-from cifar_keras.training.inputs import build_inputs, training_data, validation_batches
+from cifar_keras.training.inputs import build_inputs, phases, training_data, validation_batches
 from cifar_keras.training.optimizers import build_compiled, build_model
 from cifar_keras.training.precision import choose as choose_precision
 from cifar_keras.training.record import make_record
@@ -70,33 +70,43 @@ def train(plan, train_split, val_split, scope, extra_callbacks=()):
     if plan.first_epoch and paths["log"].exists():
         # A resumed run must not overwrite the best checkpoint with a worse epoch.
         checkpoint.best = max((row["val_accuracy"] for row in records.read_log(paths["log"])), default=-np.inf)
-    callbacks = [EpochTimer(), keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint,
-                 keras.callbacks.BackupAndRestore(paths["backup"]),
-                 WallTimeEstimate(plan.steps_per_epoch, config.epochs, plan.first_epoch,
-                                  note="; timed on smaller images: more" if plan.first_epoch < config.low_res_epochs
-                                  else ""), *extra_callbacks]
-    if not plan.primary:
-        # The other processes of a cluster save the same checkpoints and backups (in their scratch folder: saving
-        # is a step all processes take together) and write nothing else.
-        callbacks = [c for c in callbacks if isinstance(c, (EpochTimer, keras.callbacks.ModelCheckpoint,
-                                                            keras.callbacks.BackupAndRestore))]
-    if config.patience:
-        finished = records.read_log(paths["log"]) if plan.first_epoch and paths["log"].exists() else []
-        callbacks.append(ResumedEarlyStopping(config.patience, [row["val_accuracy"] for row in finished]))
+    timing = [EpochTimer(), keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint]
+    estimate = WallTimeEstimate(plan.steps_per_epoch, config.epochs, plan.first_epoch,
+                                note="; timed on smaller images: more" if plan.first_epoch < config.low_res_epochs
+                                else "")
     average = WeightAverage(config.ema)
-    if config.ema and plan.primary:
-        callbacks.append(average)
-    # Epoch e's batches depend only on (seed, e): a resumed run sees what an uninterrupted one does.
-    batches = training_data(train_split, config, plan.global_batch_size, first_epoch=plan.first_epoch)
     validation, validation_steps = validation_batches(val_split, plan)
-    with scope():  # the batches are already shuffled; fit's own shuffle does not apply to a tf.data.Dataset
-        history = model.fit(batches, validation_data=validation, validation_steps=validation_steps,
-                            epochs=config.epochs, steps_per_epoch=plan.steps_per_epoch, callbacks=callbacks,
-                            verbose=verbosity() if plan.primary else 0, shuffle=False)
+    epochs_run = 0
+    for first, last in phases(config, plan.first_epoch):  # one image size each (progressive resizing: two)
+        # The backup is kept from one phase to the next: a run stopped before the next phase's first epoch ends
+        # resumes from it.
+        backup = keras.callbacks.BackupAndRestore(paths["backup"], delete_checkpoint=last == config.epochs)
+        callbacks = [*timing, backup, estimate, *extra_callbacks]
+        if not plan.primary:
+            # The other processes of a cluster save the same checkpoints and backups (in their scratch folder:
+            # saving is a step all processes take together) and write nothing else.
+            callbacks = [c for c in callbacks if isinstance(c, (EpochTimer, keras.callbacks.ModelCheckpoint,
+                                                                keras.callbacks.BackupAndRestore))]
+        if config.patience:
+            finished = records.read_log(paths["log"]) if first and paths["log"].exists() else []
+            callbacks.append(ResumedEarlyStopping(config.patience, [row["val_accuracy"] for row in finished]))
+        if config.ema and plan.primary:
+            callbacks.append(average)
+        # Epoch e's batches depend only on (seed, e): a resumed run sees what an uninterrupted one does.
+        batches = training_data(train_split, config, plan.global_batch_size, first_epoch=first, epochs=last)
+        if epochs_run:
+            model.make_train_function(force=True)  # traced again, for this phase's image size
+        with scope():  # the batches are already shuffled; fit's own shuffle does not apply to a tf.data.Dataset
+            history = model.fit(batches, validation_data=validation, validation_steps=validation_steps,
+                                initial_epoch=first, epochs=last, steps_per_epoch=plan.steps_per_epoch,
+                                callbacks=callbacks, verbose=verbosity() if plan.primary else 0, shuffle=False)
+        epochs_run += len(history.epoch)
+        if model.stop_training:  # stopped early
+            break
     model.load_weights(paths["best"])
     averaged = average.weights if config.ema and plan.primary else None
     # Keras' BackupAndRestore deleted its backup as fit returned: from here on, this is what a rerun resumes from.
-    run_folder.save_trained(paths, plan.first_epoch + len(history.epoch), averaged)
+    run_folder.save_trained(paths, plan.first_epoch + epochs_run, averaged)
     return model, averaged
 
 

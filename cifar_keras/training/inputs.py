@@ -23,6 +23,15 @@ def training_data(split, config, batch_size, first_epoch=0, epochs=None):
                          low_res_epochs=config.low_res_epochs)
 
 
+def phases(config, first_epoch=0):
+    """The run's epochs [first_epoch, config.epochs) as (first, last) ranges of one image size each: with
+    progressive resizing, the low-resolution epochs and then the full-size ones; each is fitted from a dataset of
+    its own, so that each traces a graph of static shape (one graph for both sizes runs slower)."""
+    cut = config.low_res_epochs if config.low_res else 0
+    bounds = [first_epoch] + [e for e in (cut,) if first_epoch < e < config.epochs] + [config.epochs]
+    return list(zip(bounds, bounds[1:]))
+
+
 def validation_batches(split, plan):
     """(dataset, steps) of the validation split for fit: batches of 500 (steps: None, all of them); for a cluster,
     padded static batches (a multiple of the devices) that Keras shards between the processes, whose loss and
