@@ -53,6 +53,15 @@ def test_bench_times_variants_of_the_recipe_side_by_side(tmp_path, capsys):
     assert "| Variant | Recipe options changed |" in table and '| tiny | model_args {"hidden": [8]}, noise 0.05 |' in table
 
 
+def test_bench_times_a_progressive_resizing_variant_on_its_small_images():
+    from cifar_keras.reporting import bench
+
+    tiny = {"model_args": {"widths": [8, 8, 8]}}
+    full = bench.measure("cnn", "float32", 8, 1, 1, tiny)
+    low_res = bench.measure("cnn", "float32", 8, 1, 1, {**tiny, "low_res": 16, "low_res_epochs": 2})
+    assert (full["image_size"], low_res["image_size"]) == (32, 16)
+
+
 @pytest.mark.parametrize("variant, message", [("tiny", "expected NAME=JSON"), ("x=[1]", "expected a JSON object"),
                                               ('x={"bogus": 1}', "unknown option 'bogus'"),
                                               ('x={"epochs": 2}', "epochs and batch_size are the bench's own")])

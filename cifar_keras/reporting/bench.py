@@ -89,14 +89,17 @@ def measure(model_name, precision, batch_size, steps, warmup, overrides=None):
     policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    config = make_config(model_name, **{**(overrides or {}), "batch_size": batch_size, "epochs": 1})
+    # Timed on the run's first epoch: with progressive resizing (low_res), its smaller images.
+    overrides = overrides or {}
+    config = make_config(model_name, **{**overrides, "batch_size": batch_size,
+                                        "epochs": 1 + overrides.get("low_res_epochs", 0)})
     model = build_compiled(config, steps + warmup)
-    dataset = training_data(synthetic_split(batch_size * (steps + warmup)), config, batch_size)
+    dataset = training_data(synthetic_split(batch_size * (steps + warmup)), config, batch_size, epochs=1)
     callbacks = [WeightAverage(config.ema)] if config.ema else []
     images_per_s = train_throughput(model, dataset, batch_size, steps, warmup, callbacks=callbacks)
     return {"backend": keras.backend.backend(), "precision": policy,
             "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-            "train_images_per_s": round(images_per_s, 1),
+            "train_images_per_s": round(images_per_s, 1), "image_size": int(dataset.element_spec[0].shape[1]),
             "pipeline_images_per_s": round(pipeline_throughput(dataset), 1), "settings": settings(model, batch_size)}
 
 
