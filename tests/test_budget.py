@@ -11,14 +11,19 @@ from cifar_keras.training import budget, budget_study, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 # A made-up study: views add 1 and 2 points; 3 -> 5 epochs looks worse on validation (seed noise).
-STUDY = {1: ((40.0, 41.0, 42.0), ""), 3: ((60.0, 62.0, 63.0), ""), 5: ((58.0, 63.0, 64.0), "")}
+RECIPE = {1: ((40.0, 41.0, 42.0), ""), 3: ((60.0, 62.0, 63.0), ""), 5: ((58.0, 63.0, 64.0), "")}
+STUDY = {"recipe": RECIPE}
+# And a variant without pixel noise, measured from 2 epochs: better than the recipe at 2-3 epochs, worse later.
+NO_NOISE = {2: ((55.0, 56.0, 56.0), ""), 3: ((61.0, 62.5, 63.5), ""), 4: ((61.5, 62.5, 63.5), "")}
 
 
-@pytest.mark.parametrize("epochs", sorted(budget_study.STUDY))
-def test_each_row_of_the_study_table_is_its_records(epochs):
-    scores, path = budget_study.STUDY[epochs]
+@pytest.mark.parametrize("variant, epochs", [(v, e) for v in budget_study.STUDY for e in sorted(budget_study.STUDY[v])])
+def test_each_row_of_the_study_table_is_its_records(variant, epochs):
+    scores, path = budget_study.STUDY[variant][epochs]
     record = json.loads((ROOT / path).read_text())
     assert record["model"] == "cnn" and record["epochs"] == epochs
+    for option, value in budget_study.VARIANTS[variant].items():  # the record trained the variant
+        assert record["config"][option] == value
     val = record["val"]
     assert scores == (val["top1"], val["top1_flip_tta"], val["top1_flip_translate_tta"])
 
@@ -29,13 +34,16 @@ def test_each_row_of_the_study_table_is_its_records(epochs):
     (9, 6, 64.0),  # past the last row: that row's
 ])
 def test_expected_top1_interpolates_a_non_decreasing_column(epochs, views, expected):
-    assert budget_study.expected_top1(epochs, views, STUDY) == pytest.approx(expected)
+    assert budget_study.expected_top1(epochs, views, RECIPE) == pytest.approx(expected)
+    assert budget_study.expected_top1(1, views, NO_NOISE) is None  # before a variant's first row: not a candidate
 
 
-def plan(minutes, model="cnn", finalise=None, **flags):
-    """choose_plan on a made-up machine: 30 s of start-up, 100 s an epoch; finalising 20 s a view."""
+def plan(minutes, model="cnn", finalise=None, study=STUDY, **flags):
+    """(epochs, views, candidates) of choose_plan on a made-up machine: 30 s of start-up, 100 s an epoch;
+    finalising 20 s a view."""
     finalise = finalise or (lambda views: 20.0 * views)
-    return budget.choose_plan(make_config(model, **flags), 60 * minutes, 30.0, 100.0, finalise, STUDY)
+    chosen, candidates = budget.choose_plan(make_config(model, **flags), 60 * minutes, 30.0, 100.0, finalise, study)
+    return chosen["epochs"], chosen["views"], candidates
 
 
 def test_the_plan_trades_an_epoch_for_views_only_where_the_study_says_it_pays():
@@ -52,16 +60,33 @@ def test_the_plan_trades_an_epoch_for_views_only_where_the_study_says_it_pays():
     assert plan(8, model="mlp")[:2] == (4, 1)
 
 
-@pytest.mark.parametrize("study", [STUDY, budget_study.STUDY])
+def test_the_plan_takes_the_variant_the_study_expects_to_score_higher():
+    study = {"recipe": RECIPE, "no_noise": NO_NOISE}
+    # 240 s, free finalising: 2 epochs with any views; the recipe interpolates to 50 / 51.5 / 52.5, no_noise
+    # scores 55 / 56 / 56: no_noise with 2 views (the tie with 6 goes to fewer views).
+    chosen, candidates = budget.choose_plan(make_config("cnn"), 240, 30.0, 100.0, lambda v: 0.0, study)
+    assert (chosen["variant"], chosen["epochs"], chosen["views"], chosen["expected_val_top1"]) == ("no_noise", 2, 2, 56.0)
+    # 1 epoch: before no_noise's first row, so only the recipe is a candidate.
+    chosen, candidates = budget.choose_plan(make_config("cnn"), 140, 30.0, 100.0, lambda v: 0.0, study)
+    assert chosen["variant"] == "recipe" and {c["variant"] for c in candidates} == {"recipe"}
+    # 5 epochs: the recipe (63 / 63 / 64, its column made non-decreasing) beats no_noise's last row (63.5 with 6 views).
+    chosen, _ = budget.choose_plan(make_config("cnn"), 540, 30.0, 100.0, lambda v: 0.0, study)
+    assert (chosen["variant"], chosen["epochs"], chosen["views"]) == ("recipe", 5, 6)
+    # A run that sets the option itself keeps it: no variant that changes it is a candidate.
+    chosen, candidates = budget.choose_plan(make_config("cnn", noise=0.1), 240, 30.0, 100.0, lambda v: 0.0, study)
+    assert {c["variant"] for c in candidates} == {"recipe"}
+    planned = budget.planned_config(make_config("cnn"), {"planned_epochs": 2, "planned_views": 1,
+                                                         "planned_variant": "no_noise"})
+    assert (planned.epochs, planned.noise, planned.tta) == (2, 0.0, False)
+
+
+@pytest.mark.parametrize("study", [STUDY, {"recipe": RECIPE, "no_noise": NO_NOISE}, budget_study.STUDY])
 @pytest.mark.parametrize("finalise_per_view", [5.0, 60.0, 400.0])  # a fast machine to a slow one
 def test_a_larger_budget_never_chooses_a_lower_expectation(study, finalise_per_view):
-    if not all(row[0] for row in study.values()):
-        pytest.skip("a study row has no record yet")
     expectations = []
     for minutes in range(1, 240):
-        epochs, views, candidates = budget.choose_plan(make_config("cnn"), 60 * minutes, 30.0, 100.0,
-                                                       lambda v: finalise_per_view * v, study)
-        chosen = next(c for c in candidates if (c["epochs"], c["views"]) == (epochs, views))
+        chosen, candidates = budget.choose_plan(make_config("cnn"), 60 * minutes, 30.0, 100.0,
+                                                lambda v: finalise_per_view * v, study)
         assert chosen["expected_val_top1"] == max(c["expected_val_top1"] for c in candidates)
         expectations.append(chosen["expected_val_top1"])
     assert expectations == sorted(expectations)
@@ -78,3 +103,6 @@ def test_a_budgeted_cnn_trains_and_saves_the_views_it_chose(data_root, tmp_path)
     assert [c["views"] for c in timing["choice"]["candidates"]] == [1, 2, 6]
     assert (record["config"]["tta"], record["config"]["tta_translate"]) == (views > 1, views > 2)
     assert record["views"] == views
+    chosen_variant = timing["planned_variant"]  # trained with the options of the variant it chose
+    assert chosen_variant in timing["choice"]["variants"]
+    assert all(record["config"][k] == v for k, v in budget_study.VARIANTS[chosen_variant].items())

@@ -1,5 +1,5 @@
 """The time budget (--time-budget M): the epochs and test-time views with which the whole command ends within M
-minutes, chosen for the CNN from the study table (budget_study.py).
+minutes, and for the CNN the variant of its recipe, chosen from the study table (budget_study.py).
 
 The command's time is its start-up (loading the data, these measurements, building the model and tracing its
 first steps), the epochs (training steps, a validation pass and checkpoints each), and finalising (the float32
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cifar_keras import recipes
 from cifar_keras.data.pipeline import make_dataset
 from cifar_keras.evaluation import calibration
 from cifar_keras.training import budget_study
@@ -97,22 +98,47 @@ def with_views(config, views):
     return dataclasses.replace(config, tta=views > 1, tta_translate=views > 2)
 
 
+def variants_allowed(config, study):
+    """The study's variants `config` may train: for the CNN, each whose changed options the run leaves at the
+    recipe's values (an option set to something else on the command line stays as set); any other model: none."""
+    if config.model != "cnn":
+        return []
+    return [name for name, options in budget_study.VARIANTS.items()
+            if name in study and all(getattr(config, key) == recipes.CNN[key] for key in options)]
+
+
 def choose_plan(config, budget_s, startup_s, epoch_s, finalise_s, study=budget_study.STUDY):
-    """(epochs, views, candidates) for `budget_s` seconds of the whole command: for each view count up to what
-    `config` asks for, the whole epochs that fit once start-up and that view count's finalising (`finalise_s`:
-    views -> seconds) are paid; the CNN recipe then takes the candidate the study expects to score highest on
-    validation (ties: fewer views, cheaper to serve); any other model keeps its own views. Expected scores are
-    non-decreasing in the epochs for each view count, so a larger budget never chooses a lower expectation."""
+    """(the chosen candidate, all candidates), each candidate {"variant", "views", "epochs", "expected_val_top1"}
+    for `budget_s` seconds of the whole command: for each view count up to what `config` asks for, the whole epochs
+    that fit once start-up and that view count's finalising (`finalise_s`: views -> seconds) are paid; for the CNN
+    recipe, with each variant of the study the run allows, the candidate the study expects to score highest on
+    validation (ties: fewer views, cheaper to serve; then the recipe itself); any other model keeps its own views
+    and options. Expected scores are non-decreasing in the epochs, so a larger budget never chooses a lower
+    expectation."""
     views_asked = config_views(config)
-    allowed = [v for v in budget_study.VIEWS if v <= views_asked] if config.model == "cnn" else [views_asked]
+    variants = variants_allowed(config, study)
+    allowed = [v for v in budget_study.VIEWS if v <= views_asked] if variants else [views_asked]
     candidates = []
     for views in allowed:
         epochs = epochs_in_budget(budget_s - startup_s - finalise_s(views), epoch_s)
-        expected = budget_study.expected_top1(epochs, views, study) if config.model == "cnn" else None
-        candidates.append({"views": views, "epochs": epochs,
-                           "expected_val_top1": None if expected is None else round(expected, 2)})
-    best = max(candidates, key=lambda c: (c["expected_val_top1"] or 0.0, -c["views"]))
-    return best["epochs"], best["views"], candidates
+        for variant in variants or [None]:
+            expected = budget_study.expected_top1(epochs, views, study[variant]) if variant else None
+            if variant and expected is None:
+                continue  # fewer epochs than the variant's study measured
+            candidates.append({"variant": variant, "views": views, "epochs": epochs,
+                               "expected_val_top1": None if expected is None else round(expected, 2)})
+    order = list(budget_study.VARIANTS)
+    best = max(candidates, key=lambda c: (c["expected_val_top1"] or 0.0, -c["views"],
+                                          -order.index(c["variant"]) if c["variant"] else 0))
+    return best, candidates
+
+
+def planned_config(config, budget):
+    """`config` as the budget's plan trains it: its epochs, views and the chosen variant's options."""
+    variant = budget.get("planned_variant")
+    options = budget_study.VARIANTS[variant] if variant else {}
+    planned = dataclasses.replace(config, epochs=budget["planned_epochs"], **options)
+    return with_views(planned, budget.get("planned_views", config_views(config)))
 
 
 def plan_time_budget(plan, train_split, val_split, test_images, scope, started):
@@ -135,7 +161,9 @@ def plan_time_budget(plan, train_split, val_split, test_images, scope, started):
         return finalise_seconds(finalise_speed, config, views, len(val_split), test_images)
 
     budget_s = 60 * config.time_budget / MARGIN
-    epochs, views, candidates = choose_plan(config, budget_s, startup_s, epoch_s, finalise_s)
+    chosen, candidates = choose_plan(config, budget_s, startup_s, epoch_s, finalise_s)
+    epochs, views, variant = chosen["epochs"], chosen["views"], chosen["variant"]
+    variants = variants_allowed(config, budget_study.STUDY)
     finalise_planned_s = finalise_s(views)
     if startup_s + epochs * epoch_s + finalise_planned_s > budget_s:
         print(f"fit: warning: one epoch takes longer than the {config.time_budget:g} min budget leaves for "
@@ -144,11 +172,14 @@ def plan_time_budget(plan, train_split, val_split, test_images, scope, started):
               "measured": {**{k: round(v, 3) for k, v in speed.items()}, "finalise_s": round(finalise_planned_s, 3),
                            "finalise_s_per_view_count": {v: round(finalise_s(v), 1) for v in budget_study.VIEWS}},
               "measurement_s": round(now - measuring, 1), "planned_epochs": epochs, "planned_views": views,
+              "planned_variant": variant,
               "choice": {"candidates": candidates,
-                         "why": ("the candidate (epochs that fit with each view count's finalising) the study "
-                                 "table cifar_keras/training/budget_study.py expects to score highest on validation")
-                         if config.model == "cnn" else "the most epochs that fit with the views the run asks for"},
-              "planned": {"startup_s": round(startup_s, 1), "epochs": epochs, "views": views,
+                         "variants": {name: budget_study.VARIANTS[name] for name in variants},
+                         "why": ("the candidate (a variant of the recipe, and the epochs that fit with each view "
+                                 "count's finalising) the study table cifar_keras/training/budget_study.py expects to "
+                                 "score highest on validation") if variant
+                         else "the most epochs that fit with the views the run asks for"},
+              "planned": {"startup_s": round(startup_s, 1), "variant": variant, "epochs": epochs, "views": views,
                           "s_per_epoch": round(epoch_s, 2), "finalise_s": round(finalise_planned_s, 1),
                           "wall_s": round(startup_s + epochs * epoch_s + finalise_planned_s, 1)}}
     saved.write_text(json.dumps(budget))
@@ -156,11 +187,15 @@ def plan_time_budget(plan, train_split, val_split, test_images, scope, started):
 
 
 def describe(budget):
-    """The start line of a run under a time budget: its planned split of the whole command's time, and its views."""
+    """The start line of a run under a time budget: its recipe variant, its planned split of the whole command's
+    time, and its views."""
     planned, measured = budget["planned"], budget["measured"]
-    views = planned.get("views", 1)
+    views, variant = planned.get("views", 1), planned.get("variant")
+    options = budget_study.VARIANTS.get(variant) or {}
+    recipe = (f"the recipe with {', '.join(f'{k} {v:g}' for k, v in options.items())}: " if options
+              else "the recipe: " if variant else "")
     return (f"fit: {budget['minutes']:g} min budget for the whole command (it sets the epochs and test-time views, "
-            f"whatever --epochs and --tta say): start-up {planned['startup_s']:.0f} s + {planned['epochs']} epochs x "
-            f"{planned['s_per_epoch']:.1f} s ({measured['train_s_per_epoch']:.1f} s training + "
+            f"whatever --epochs and --tta say): {recipe}start-up {planned['startup_s']:.0f} s + "
+            f"{planned['epochs']} epochs x {planned['s_per_epoch']:.1f} s ({measured['train_s_per_epoch']:.1f} s training + "
             f"{measured['val_s_per_epoch']:.1f} s validation) + finalising {planned['finalise_s']:.0f} s "
             f"({views} view{'s' if views > 1 else ''}) = {planned['wall_s']:.0f} s planned")

@@ -162,9 +162,7 @@ def fit(config, data_dir=None, output_dir="saved_models", name=None, command=Non
         if config.time_budget:
             test_images = len(dataset.test) if config.test_set else 0
             budget = time_budget.plan_time_budget(plan, train_split, val_split, test_images, scope, started)
-            planned = time_budget.with_views(dataclasses.replace(config, epochs=budget["planned_epochs"]),
-                                             budget.get("planned_views", time_budget.config_views(config)))
-            plan = dataclasses.replace(plan, config=check_low_res(planned))
+            plan = dataclasses.replace(plan, config=check_low_res(time_budget.planned_config(config, budget)))
             print(time_budget.describe(budget), flush=True)
         announce(plan, hparams, train_split)
         model, averaged = train(plan, train_split, val_split, scope, extra_callbacks)
