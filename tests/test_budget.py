@@ -97,12 +97,14 @@ def test_a_budgeted_cnn_trains_and_saves_the_views_it_chose(data_root, tmp_path)
                          model_args=dict(widths=(8, 8, 8), stem_width=8))
     record = fit.fit(config, data_dir=data_root, output_dir=tmp_path)
     timing = record["time_budget"]
-    views = timing["planned_views"]
-    chosen = [c for c in timing["choice"]["candidates"] if c["views"] == views]
-    assert chosen and chosen[0]["epochs"] == record["epochs"] == timing["planned_epochs"]
-    assert [c["views"] for c in timing["choice"]["candidates"]] == [1, 2, 6]
+    views, variant = timing["planned_views"], timing["planned_variant"]
+    candidates = timing["choice"]["candidates"]
+    chosen = [c for c in candidates if (c["views"], c["variant"]) == (views, variant)]
+    assert len(chosen) == 1 and chosen[0]["epochs"] == record["epochs"] == timing["planned_epochs"]
+    assert chosen[0]["expected_val_top1"] == max(c["expected_val_top1"] for c in candidates)
+    assert sorted({c["views"] for c in candidates}) == [1, 2, 6]
+    assert {c["variant"] for c in candidates} == set(timing["choice"]["variants"]) == set(budget_study.VARIANTS)
     assert (record["config"]["tta"], record["config"]["tta_translate"]) == (views > 1, views > 2)
     assert record["views"] == views
-    chosen_variant = timing["planned_variant"]  # trained with the options of the variant it chose
-    assert chosen_variant in timing["choice"]["variants"]
-    assert all(record["config"][k] == v for k, v in budget_study.VARIANTS[chosen_variant].items())
+    # It trained with the options of the variant it chose (at 1 epoch: the recipe without pixel noise).
+    assert all(record["config"][k] == v for k, v in budget_study.VARIANTS[variant].items())

@@ -32,6 +32,7 @@ STUDY = {  # variant: {epochs: (validation top-1 % with 1, 2 and 6 views, the re
         21: ((70.86, 73.22, 73.86), "saved_models/budget/cnn_budget45_amx.json"),
     },
     "no_noise": {
+        1: ((45.4, 45.72, 45.9), "saved_models/study/budget/cnn_e1_noise0.json"),
         2: ((57.4, 58.94, 58.8), "saved_models/study/budget/cnn_e2_noise0.json"),
         4: ((66.68, 67.98, 68.32), "saved_models/study/budget/cnn_e4_noise0.json"),
     },
