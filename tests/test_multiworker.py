@@ -266,7 +266,7 @@ def test_multiworker_on_tensorflow_says_to_use_jax(data_root, tmp_path, capsys):
 
 
 def test_launch_command_and_its_errors():
-    command = processes.launch_command(["--", "fit", "mlp", "--epochs", "1"])
+    command = processes.launch_command(["fit", "mlp", "--epochs", "1"])
     assert command[1:] == ["-m", "cifar_keras", "fit", "mlp", "--epochs", "1", "--distribute", "multiworker"]
     for arguments, message in ((["evaluate", "x.keras"], "launch runs a fit command"),
                                (["fit", "mlp", "--distribute", "mirrored"], "not --distribute mirrored"),

@@ -124,7 +124,7 @@ def test_keras_tuner_internals_are_those_of_the_installed_keras_tuner(tmp_path):
 
 
 def test_launch_commands_and_their_errors():
-    chief, *workers = parallel.launch_commands(["--", *TINY], 2)
+    chief, *workers = parallel.launch_commands(TINY, 2)
     assert chief[1:3] == ["-m", "cifar_keras"] and chief[3:3 + len(TINY)] == TINY
     oracle = chief[chief.index("--oracle") + 1]
     assert oracle.startswith("127.0.0.1:")

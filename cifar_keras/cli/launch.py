@@ -30,8 +30,9 @@ def add_parser(sub):
 
 
 def run(args, argv):
-    if args.command[args.command[:1] == ["--"]:][:1] == ["tune"]:  # the chief, then the workers
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if command[:1] == ["tune"]:  # the chief, then the workers
         if args.cores_per_process:
             raise UserError("--cores-per-process is for fit (a tune's workers share the machine's cores)")
-        return supervise(parallel.launch_commands(args.command, args.processes))
-    return run_processes(launch_command(args.command), args.processes, cores_per_process=args.cores_per_process)
+        return supervise(parallel.launch_commands(command, args.processes))
+    return run_processes(launch_command(command), args.processes, cores_per_process=args.cores_per_process)

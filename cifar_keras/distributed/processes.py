@@ -15,11 +15,9 @@ PIN_AND_EXEC = "import os, sys; os.sched_setaffinity(0, {cores}); os.execvp(sys.
 
 
 def launch_command(arguments):
-    """The argv each launched process runs, from `launch`'s arguments after `--` (a fit command): with
+    """The argv each launched process runs, from `launch`'s command (a fit command, after `--`): with
     --distribute multiworker added when absent."""
     arguments = list(arguments)
-    if arguments[:1] == ["--"]:
-        arguments = arguments[1:]
     if not arguments or arguments[0] != "fit":
         raise UserError("launch runs a fit command: python -m cifar_keras launch --processes N -- fit MODEL ... (or "
                         "a tune command: launch --workers N -- tune MODEL ...)")

@@ -223,11 +223,9 @@ def work(tuner, role, **search_kwargs):
 # --- launch: the chief and N workers on this machine ----------------------------------------------
 
 def launch_commands(arguments, workers, host="127.0.0.1"):
-    """The argv of the chief and of each of `workers` workers, from `launch`'s arguments (a tune command), on a free
-    port of `host`."""
+    """The argv of the chief and of each of `workers` workers, from `launch`'s command (a tune command, after `--`),
+    on a free port of `host`."""
     arguments = list(arguments)
-    if arguments[:1] == ["--"]:
-        arguments = arguments[1:]
     if arguments[:1] != ["tune"]:
         raise UserError("launch --workers N -- tune MODEL ...: expected a tune command")
     for flag in ("--tuner-id", "--oracle", "--workers"):
