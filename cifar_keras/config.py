@@ -103,6 +103,9 @@ class RunConfig:
     precision: str = option(CNN["precision"], "hardware", "auto: bfloat16 on CPUs with AMX, float16 on GPUs, on CPUs "
                             "with AVX512-BF16 and no AMX the faster of float32 and bfloat16 in a short probe (fit), "
                             "else float32", choices=PRECISIONS)
+    jit_compile: str = option(CNN["jit_compile"], "hardware", "XLA compilation of the training step (Keras' "
+                              "jit_compile): auto lets Keras choose (off on TensorFlow without a GPU, on with JAX), on, "
+                              "or off", choices=("auto", "on", "off"))
     distribute: str = option(CNN["distribute"], "hardware", "mirrored: synchronous data parallelism over this "
                              "machine's devices (TensorFlow MirroredStrategy, JAX DataParallel); multiworker: over "
                              "the devices of several processes or machines (JAX's distributed runtime, "
@@ -125,7 +128,7 @@ RECORD_DEFAULTS = dict(
     model="cnn", model_args={}, label_smoothing=0.2, tta=False, tta_translate=False, epochs=15, batch_size=256,
     optimizer="sgd", learning_rate=0.2, weight_decay=5e-4, warmup=2 / 15, decay="cosine", patience=0, ema=0.0,
     low_res=0, low_res_epochs=0, time_budget=None, crop_pad=4, flip=True, cutout_size=0, noise=0.0, jpeg=0, seed=0,
-    val_size=5000, train_size=None, test_set=True, precision="auto", distribute="none")
+    val_size=5000, train_size=None, test_set=True, precision="auto", jit_compile="auto", distribute="none")
 # Tuned files that do not name their optimizer were searched before the CNN's recipe moved to Muon, with SGD.
 SEARCHED_BEFORE_MUON = {"cnn": "sgd"}
 

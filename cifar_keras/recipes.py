@@ -41,6 +41,7 @@ MLP = dict(
     train_size=None,  # train on all the other training images
     test_set=True,  # score the selected epoch once on the test set
     precision="auto",  # bfloat16 with AMX, float16 on GPUs, a probe with AVX512-BF16 alone, else float32
+    jit_compile="auto",  # Keras' choice: no XLA on TensorFlow's CPU (measured: docs/benchmarks.md)
     distribute="none",  # one device
 )
 
@@ -60,6 +61,7 @@ CNN = dict(
         stem="whiten",  # airbench's frozen 2x2 patch-whitening stem
         dirac=True,  # stage convs start as the identity
         whiten_eps=0.01,  # added to the patch covariance's eigenvalues: a less sharp whitening
+        data_format="channels_last",  # feature maps N x H x W x C: the faster layout (docs/benchmarks.md)
     ),
     label_smoothing=0.2,  # of the cross-entropy
     tta=True,  # the saved model averages each image and its mirror image
@@ -86,6 +88,7 @@ CNN = dict(
     train_size=None,  # train on all the other training images
     test_set=True,  # score the selected epoch once on the test set
     precision="auto",  # bfloat16 with AMX, float16 on GPUs, a probe with AVX512-BF16 alone, else float32
+    jit_compile="auto",  # Keras' choice: no XLA on TensorFlow's CPU (measured: docs/benchmarks.md)
     distribute="none",  # one device
 )
 

@@ -41,16 +41,23 @@ def test_bench_measures_each_combination_and_records_it(tmp_path, capsys, monkey
 def test_bench_times_variants_of_the_recipe_side_by_side(tmp_path, capsys):
     out = tmp_path / "bench_variants.json"
     argv = ["bench", "mlp", "--backends", "tensorflow", "--precisions", "float32", "--batch-size", "16", "--steps", "1",
-            "--warmup", "1", "--variant", 'tiny={"model_args": {"hidden": [8]}, "noise": 0.05}', "--output", str(out)]
+            "--warmup", "1", "--variant", 'tiny={"model_args": {"hidden": [8]}, "noise": 0.05, "jit_compile": "on"}',
+            "--output", str(out)]
     assert cli.main(argv) == 0
     recipe, tiny = json.loads(out.read_text())["results"]
     assert (recipe["variant"], recipe["overrides"], tiny["variant"]) == ("recipe", {}, "tiny")
-    assert tiny["overrides"] == {"model_args": {"hidden": [8]}, "noise": 0.05}
+    assert tiny["overrides"] == {"model_args": {"hidden": [8]}, "noise": 0.05, "jit_compile": "on"}
+    import tensorflow as tf
+
+    # XLA as asked (--jit-compile on), where Keras' "auto" compiles TensorFlow's step only with a GPU.
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert (recipe["settings"]["jit_compile"], tiny["settings"]["jit_compile"]) == (gpu, True)
     # Trainable weights counted by hand: 3072 x 8 kernel, BatchNorm's gamma and beta, the 8 x 100 logits and bias;
     # the recipe's 1536 and 768 units: 3072 x 1536 + 2 x 1536 + 1536 x 768 + 2 x 768 + 768 x 100 + 100.
     assert (tiny["trainable_params"], recipe["trainable_params"]) == (25_492, 5_979_748)
     table = tables.bench_table(out)
-    assert "| Variant | Recipe options changed |" in table and '| tiny | model_args {"hidden": [8]}, noise 0.05 |' in table
+    assert "| Variant | Recipe options changed |" in table
+    assert '| tiny | model_args {"hidden": [8]}, noise 0.05, jit_compile "on" |' in table
 
 
 def test_bench_times_a_progressive_resizing_variant_on_its_small_images():

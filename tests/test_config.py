@@ -64,7 +64,7 @@ def test_each_recipe_sets_every_option_and_every_builder_argument(model):
     assert set(recipe) == set(FIELDS) and recipe["model"] == model
     builder_args = {"mlp": {"hidden", "dropout", "leaky_alpha"},
                     "cnn": {"widths", "stem_width", "depth", "dropout", "bn_momentum", "logit_scale", "stem", "dirac",
-                            "whiten_eps"}}[model]
+                            "whiten_eps", "data_format"}}[model]
     assert set(recipe["model_args"]) == builder_args
     assert models.check_model_args(recipe["model_args"], model, "recipe") == recipe["model_args"]
     assert all(config.check(name, value, "recipe") == value for name, value in recipe.items()
@@ -78,7 +78,8 @@ def test_the_recipes_are_the_ones_the_study_adopted():
         "muon", 0.01, 15, 0.99, 0.05, True, True)
     assert cnn.model_args == {"widths": [96, 256, 512], "stem_width": 32, "depth": 1, "dropout": 0.0,
                               "bn_momentum": 0.9, "logit_scale": 0.125, "stem": "whiten", "dirac": True,
-                              "whiten_eps": 0.01}
+                              "whiten_eps": 0.01, "data_format": "channels_last"}
+    assert cnn.jit_compile == "auto"  # XLA on TensorFlow's CPU step: measured slower (docs/benchmarks.md)
     assert (mlp.optimizer, mlp.learning_rate, mlp.epochs, mlp.weight_decay, mlp.crop_pad, mlp.tta) == (
         "adamw", 0.002, 40, 0.05, 2, False)
     assert mlp.model_args == {"hidden": [1536, 768], "dropout": 0.3, "leaky_alpha": 0.1}

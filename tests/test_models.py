@@ -5,6 +5,7 @@ import pytest
 from cifar_keras import config
 from cifar_keras import data
 from cifar_keras import models
+from cifar_keras.models import flops
 from cifar_keras.errors import UserError
 
 
@@ -66,7 +67,7 @@ def test_the_builders_own_defaults_stay_what_earlier_runs_were_built_with():
     assert "stem_conv" in names and "whiten" not in names
     assert models.full_model_args("cnn", {"stem": "whiten", "dirac": True}) == {
         "widths": [96, 256, 512], "stem_width": 32, "depth": 1, "dropout": 0.0, "bn_momentum": 0.9,
-        "logit_scale": 0.125, "stem": "whiten", "dirac": True, "whiten_eps": 5e-4}
+        "logit_scale": 0.125, "stem": "whiten", "dirac": True, "whiten_eps": 5e-4, "data_format": "channels_last"}
     assert models.full_model_args("mlp", {}) == {"hidden": [1536, 768], "dropout": 0.3, "leaky_alpha": 0.1}
 
 
@@ -236,3 +237,20 @@ def test_any_size_copy_of_the_cnn_computes_the_same_and_takes_smaller_images():
     assert copy.predict(pixels[:, :24, :24], verbose=0).shape == (2, 100)
     copy.get_layer("logits").kernel.assign(np.zeros((16, 100), np.float32))
     assert np.abs(keras.ops.convert_to_numpy(model.get_layer("logits").kernel)).max() > 0  # a copy, not the same weights
+
+
+def test_a_channels_first_cnn_computes_what_the_channels_last_one_does_with_the_same_weights():
+    """The layout is a speed setting: same weights, same outputs (batch statistics included) and FLOPs."""
+    args = dict(widths=(8, 16, 16), stem="whiten", dirac=True)
+    last, first = models.cnn(**args), models.cnn(**args, data_format="channels_first")
+    first.set_weights(last.get_weights())
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    models.whiten_from_data(last, images.astype(np.uint8))
+    models.whiten_from_data(first, images.astype(np.uint8))
+    for training in (False, True):  # in training, BatchNorm normalises over its batch: the channel axis matters
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(first(images, training=training)),
+                                   keras.ops.convert_to_numpy(last(images, training=training)), atol=1e-5)
+    assert first.get_layer("stage1_bn").output.shape == (None, 8, 16, 16)  # N, C, H, W
+    assert flops.forward_flops(first) == flops.forward_flops(last)
+    with pytest.raises(ValueError, match="data_format"):
+        models.cnn(data_format="NCHW")

@@ -47,14 +47,15 @@ def mlp(hidden=(1536, 768), dropout=0.3, leaky_alpha=0.1, num_classes=NUM_CLASSE
     return keras.Model(inputs, classifier(x, num_classes), name="mlp")
 
 
-def conv_bn_relu(x, filters, bn_momentum, name):
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+def conv_bn_relu(x, filters, bn_momentum, name, data_format="channels_last"):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+                      data_format=data_format, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(axis=channel_axis(data_format), momentum=bn_momentum, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
 def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=0.9, logit_scale=0.125,
-        stem="conv", dirac=False, whiten_eps=5e-4, num_classes=NUM_CLASSES):
+        stem="conv", dirac=False, whiten_eps=5e-4, data_format="channels_last", num_classes=NUM_CLASSES):
     """A fast CNN for CPUs, after airbench's layout (Jordan, 2024) and ResNet-9 (Page, 2018).
 
     A narrow stem at full resolution (the 32x32 stage dominates CPU time), then per
@@ -68,31 +69,41 @@ def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=
     eigenvalues before their inverse square root: the larger, the less the rare
     high-frequency directions are amplified, and with them pixel noise). dirac: start
     every stage conv as the identity on its first input-many filters (airbench), so a
-    fresh net passes its input through.
+    fresh net passes its input through. data_format: the layout of the feature maps
+    inside the net ("channels_first": transposed once after normalising; the input
+    stays N x 32 x 32 x 3), the same weights either way: a speed setting (the
+    PyTorch backend transposes channels-last maps around each convolution).
     """
     if stem not in ("conv", "whiten"):
         raise ValueError(f"stem must be 'conv' or 'whiten', got {stem!r}")
     if not whiten_eps > 0:
         raise ValueError(f"whiten_eps must be > 0, got {whiten_eps!r}")
+    if data_format not in ("channels_last", "channels_first"):
+        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
     inputs = keras.Input((32, 32, 3), name="pixels")
     x = normalise(inputs)
+    if data_format == "channels_first":
+        x = layers.Permute((3, 1, 2), name="to_channels_first")(x)
     if stem == "whiten":
         # Each of the 12 whitened directions of a 2x2x3 patch, with both signs: ReLU then keeps all of it.
-        x = layers.Conv2D(2 * WHITEN_DIMS, 2, padding="same", use_bias=False, trainable=False, name="whiten")(x)
+        x = layers.Conv2D(2 * WHITEN_DIMS, 2, padding="same", use_bias=False, trainable=False,
+                          data_format=data_format, name="whiten")(x)
         x = layers.ReLU(name="whiten_relu")(x)
     else:
-        x = conv_bn_relu(x, stem_width, bn_momentum, "stem")
+        x = conv_bn_relu(x, stem_width, bn_momentum, "stem", data_format)
     for i, width in enumerate(widths, start=1):
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"stage{i}_conv")(x)
-        x = layers.MaxPooling2D(name=f"stage{i}_pool")(x)
-        x = layers.BatchNormalization(momentum=bn_momentum, name=f"stage{i}_bn")(x)
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+                          data_format=data_format, name=f"stage{i}_conv")(x)
+        x = layers.MaxPooling2D(data_format=data_format, name=f"stage{i}_pool")(x)
+        x = layers.BatchNormalization(axis=channel_axis(data_format), momentum=bn_momentum, name=f"stage{i}_bn")(x)
         x = layers.ReLU(name=f"stage{i}_relu")(x)
         if depth:
             y = x
             for j in range(depth):
-                y = conv_bn_relu(y, width, bn_momentum, f"stage{i}_res{j + 1}" if depth > 1 else f"stage{i}_res")
+                name = f"stage{i}_res{j + 1}" if depth > 1 else f"stage{i}_res"
+                y = conv_bn_relu(y, width, bn_momentum, name, data_format)
             x = layers.Add(name=f"stage{i}_add")([x, y])
-    x = layers.GlobalMaxPooling2D(name="pool")(x)
+    x = layers.GlobalMaxPooling2D(data_format=data_format, name="pool")(x)
     if dropout:
         x = layers.Dropout(dropout)(x)
     model = keras.Model(inputs, classifier(x, num_classes, logit_scale), name="cnn")
@@ -104,6 +115,10 @@ def cnn(widths=(96, 256, 512), stem_width=32, depth=1, dropout=0.0, bn_momentum=
 
 
 WHITEN_DIMS = 2 * 2 * 3  # a 2x2 RGB patch
+
+
+def channel_axis(data_format):
+    return 1 if data_format == "channels_first" else -1
 
 
 def dirac_init(model):

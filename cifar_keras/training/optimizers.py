@@ -87,7 +87,11 @@ def compile_model(model, config, steps_per_epoch, learning_rate=None):
         # validation batches of a cluster (pipeline.padded_dataset); Keras' plain `metrics` ignore weights.
         weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                           keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+        jit_compile=JIT_COMPILE[config.jit_compile],
     )
+
+
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}  # --jit-compile -> Keras' compile(jit_compile=...)
 
 
 WHITENING_IMAGES = 5000  # as airbench: enough for a 12x12 covariance
