@@ -9,7 +9,7 @@ from cifar_keras.reporting import tables
 
 def test_bench_measures_each_combination_and_records_it(tmp_path, capsys, monkeypatch):
     for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "ONEDNN_DEFAULT_FPMATH_MODE", "ONEDNN_MAX_CPU_ISA",
-                 "XLA_FLAGS"):
+                 "XLA_FLAGS", "ATEN_CPU_CAPABILITY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -33,7 +33,7 @@ def test_bench_measures_each_combination_and_records_it(tmp_path, capsys, monkey
             "jit_compile": bool(tf.config.list_physical_devices("GPU")), "intra_op_threads": 0, "inter_op_threads": 0,
             "variables": {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": None, "TF_NUM_INTEROP_THREADS": None,
                           "TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_DEFAULT_FPMATH_MODE": None, "ONEDNN_MAX_CPU_ISA": None,
-                          "XLA_FLAGS": None}}
+                          "XLA_FLAGS": None, "ATEN_CPU_CAPABILITY": None}}
     table = tables.bench_table(out)
     assert table.count("\n| tensorflow |") == 2 and "mixed_bfloat16" in table
 
@@ -124,3 +124,9 @@ def test_a_bench_under_an_isa_limit_says_so_in_its_table(tmp_path):
     (tmp_path / "bench_isa.json").write_text(json.dumps(record))
     assert "CPU features: amx_bf16, avx2; oneDNN limited to AVX2 by ONEDNN_MAX_CPU_ISA)" in tables.bench_table(
         tmp_path / "bench_isa.json")
+    # XLA's and PyTorch's own kernels have their own limits; a table names each one set.
+    result["settings"]["variables"].update(XLA_FLAGS="--xla_cpu_max_isa=AVX2 --xla_cpu_enable_fast_math=false",
+                                           ATEN_CPU_CAPABILITY="avx2")
+    (tmp_path / "bench_isa.json").write_text(json.dumps(record))
+    assert ("avx2; oneDNN limited to AVX2 by ONEDNN_MAX_CPU_ISA; XLA limited to AVX2 by XLA_FLAGS; PyTorch's kernels "
+            "limited to avx2 by ATEN_CPU_CAPABILITY)") in tables.bench_table(tmp_path / "bench_isa.json")

@@ -36,9 +36,10 @@ def synthetic_split(n):
 
 
 # Environment variables that change how fast the backends run: thread pools (OpenMP, TensorFlow's), oneDNN
-# (TensorFlow's oneDNN kernels: on by default on x86 CPUs; ONEDNN_*: oneDNN's own), XLA. None: unset.
+# (TensorFlow's oneDNN kernels: on by default on x86 CPUs; ONEDNN_*: oneDNN's own), XLA (e.g. its
+# --xla_cpu_max_isa), PyTorch's own kernels' instruction set (ATEN_CPU_CAPABILITY). None: unset.
 SPEED_VARIABLES = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS",
-                   "ONEDNN_DEFAULT_FPMATH_MODE", "ONEDNN_MAX_CPU_ISA", "XLA_FLAGS")
+                   "ONEDNN_DEFAULT_FPMATH_MODE", "ONEDNN_MAX_CPU_ISA", "XLA_FLAGS", "ATEN_CPU_CAPABILITY")
 
 
 def speed_variables():

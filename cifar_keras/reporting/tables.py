@@ -1,6 +1,7 @@
 """The report's markdown tables, each from committed records; every accuracy column names its views."""
 
 import json
+import re
 from pathlib import Path
 
 from cifar_keras import config as run_config
@@ -138,6 +139,22 @@ COLUMNS = ("Model", "Params", "Test top-1, single view", "Test top-1, as shipped
            "Command")
 
 
+def isa_limits(results):
+    """What held the bench's kernels to fewer instructions than the CPU has (a stand-in for a smaller CPU), as
+    its results' variables say: oneDNN's limit, XLA's (--xla_cpu_max_isa) and PyTorch's own kernels'."""
+    limits = {}
+    for result in results:
+        variables = (result.get("settings") or {}).get("variables", {})
+        xla = re.search(r"--xla_cpu_max_isa=(\S+)", variables.get("XLA_FLAGS") or "")
+        for text, limit in (("oneDNN limited to {} by ONEDNN_MAX_CPU_ISA", variables.get("ONEDNN_MAX_CPU_ISA")),
+                            ("XLA limited to {} by XLA_FLAGS", xla and xla.group(1)),
+                            ("PyTorch's kernels limited to {} by ATEN_CPU_CAPABILITY",
+                             variables.get("ATEN_CPU_CAPABILITY"))):
+            if limit:
+                limits.setdefault(text, set()).add(limit)
+    return [text.format(", ".join(sorted(values))) for text, values in limits.items()]
+
+
 def bench_table(path):
     """Throughput per backend and precision from a bench run record, or '' if there is none."""
     path = Path(path)
@@ -147,9 +164,7 @@ def bench_table(path):
     try:
         hardware = record["hardware"]
         features = ", ".join(hardware.get("cpu_features", [])) or "not recorded"
-        isa = {(r.get("settings") or {}).get("variables", {}).get("ONEDNN_MAX_CPU_ISA") for r in record["results"]}
-        if isa - {None}:  # a stand-in for a smaller CPU: oneDNN told to use only these instructions
-            features += f"; oneDNN limited to {', '.join(sorted(isa - {None}))} by ONEDNN_MAX_CPU_ISA"
+        features += "".join(f"; {limit}" for limit in isa_limits(record["results"]))
         head = (f"Training throughput of `{record['model']}` (batch {record['batch_size']}, {record['steps']} timed "
                 f"steps after {record['warmup']} warm-up step{'' if record['warmup'] == 1 else 's'}) on "
                 f"{hardware['cpu']} ({hardware['cores']} cores; CPU features: {features}), measured side by side "
