@@ -78,6 +78,20 @@ def test_the_plan_takes_the_variant_the_study_expects_to_score_higher():
     planned = budget.planned_config(make_config("cnn"), {"planned_epochs": 2, "planned_views": 1,
                                                          "planned_variant": "no_noise"})
     assert (planned.epochs, planned.noise, planned.tta) == (2, 0.0, False)
+    planned = budget.planned_config(make_config("cnn"), {"planned_epochs": 4, "planned_views": 6,
+                                                         "planned_variant": "no_noise_linear"})
+    assert (planned.epochs, planned.noise, planned.decay, planned.tta_translate) == (4, 0.0, "linear", True)
+    # A run that sets --decay itself: the variants that change it are no candidates, the others still are.
+    assert budget.variants_allowed(make_config("cnn", decay="linear"), budget_study.STUDY) == ["recipe", "no_noise"]
+
+
+def test_the_start_line_names_the_options_of_the_variant_it_trains():
+    plan = {"minutes": 45, "measured": {"train_s_per_epoch": 480.0, "val_s_per_epoch": 20.0},
+            "planned": {"startup_s": 60.0, "variant": "no_noise_linear", "epochs": 2, "views": 6, "s_per_epoch": 500.0,
+                        "finalise_s": 300.0, "wall_s": 1360.0}}
+    line = budget.describe(plan)
+    assert "the recipe with noise 0.0, decay linear: start-up 60 s + 2 epochs x 500.0 s (480.0 s training" in line
+    assert line.endswith("finalising 300 s (6 views) = 1360 s planned")
 
 
 @pytest.mark.parametrize("study", [STUDY, {"recipe": RECIPE, "no_noise": NO_NOISE}, budget_study.STUDY])
@@ -106,5 +120,5 @@ def test_a_budgeted_cnn_trains_and_saves_the_views_it_chose(data_root, tmp_path)
     assert {c["variant"] for c in candidates} == set(timing["choice"]["variants"]) == set(budget_study.VARIANTS)
     assert (record["config"]["tta"], record["config"]["tta_translate"]) == (views > 1, views > 2)
     assert record["views"] == views
-    # It trained with the options of the variant it chose (at 1 epoch: the recipe without pixel noise).
+    # It trained with the options of the variant it chose (at 1 epoch: without pixel noise, with a linear decay).
     assert all(record["config"][k] == v for k, v in budget_study.VARIANTS[variant].items())

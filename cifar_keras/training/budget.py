@@ -192,7 +192,7 @@ def describe(budget):
     planned, measured = budget["planned"], budget["measured"]
     views, variant = planned.get("views", 1), planned.get("variant")
     options = budget_study.VARIANTS.get(variant) or {}
-    recipe = (f"the recipe with {', '.join(f'{k} {v:g}' for k, v in options.items())}: " if options
+    recipe = (f"the recipe with {', '.join(f'{k} {v}' for k, v in options.items())}: " if options
               else "the recipe: " if variant else "")
     return (f"fit: {budget['minutes']:g} min budget for the whole command (it sets the epochs and test-time views, "
             f"whatever --epochs and --tta say): {recipe}start-up {planned['startup_s']:.0f} s + "
