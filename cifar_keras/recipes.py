@@ -41,7 +41,7 @@ MLP = dict(
     train_size=None,  # train on all the other training images
     test_set=True,  # score the selected epoch once on the test set
     precision="auto",  # bfloat16 with AMX, float16 on GPUs, a probe with AVX512-BF16 alone, else float32
-    jit_compile="auto",  # Keras' choice: no XLA on TensorFlow's CPU (measured: docs/benchmarks.md)
+    jit_compile="auto",  # Keras' choice: no XLA on TensorFlow's CPU
     distribute="none",  # one device
 )
 
